@@ -1,0 +1,30 @@
+# megazip: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench corpus clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q
+
+demo: $(STAMP)
+	$(PY) -m megazip.demo
+
+corpus:
+	$(PYTHON) bench/corpus.py build --out data/corpus
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

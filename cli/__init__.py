@@ -1,0 +1,1 @@
+"""The `megazip` command line (installed as the package `megazip.cli`)."""

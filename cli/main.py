@@ -1,0 +1,476 @@
+"""`megazip`: compress, decompress, evaluate and train, with zstd-like habits.
+
+Errors print one line on stderr (`megazip: error: ...`) and exit with status 1; no
+traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from megazip import __version__
+
+
+class UserError(click.ClickException):
+    """A failure caused by the input or the environment: one line, exit code 1."""
+
+    def show(self, file=None):
+        click.echo(f"megazip: error: {self.format_message()}", err=True)
+
+
+class MegazipGroup(click.Group):
+    """Turns expected exceptions into one-line errors."""
+
+    def invoke(self, ctx):
+        from megazip.checkpoint import ModelNotFound
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("megazip: interrupted", err=True)
+            sys.exit(130)
+        except (ModelNotFound, FileNotFoundError, IsADirectoryError, ValueError) as e:
+            # includes container.FormatError and container.ModelMismatch
+            raise UserError(str(e)) from None
+        except OSError as e:
+            raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+        except RuntimeError as e:
+            raise UserError(str(e).splitlines()[0]) from None
+
+    def list_commands(self, ctx):
+        return list(self.commands)  # keep the order of definition
+
+
+@click.group(cls=MegazipGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="megazip")
+def main():
+    """Lossless compression with a MEGABYTE byte-level transformer."""
+
+
+SUFFIX = ".mgz"
+
+
+def _device(name: str) -> str:
+    from megazip.train import pick_device
+
+    return str(pick_device(name))
+
+
+def _progress(total: int, quiet: bool, label: str):
+    """A byte progress bar on stderr when it is a terminal; returns (callback, close)."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc=label,
+        file=sys.stderr,
+        leave=False,
+        disable=quiet or not sys.stderr.isatty(),
+    )
+    return bar.update, bar.close
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        if sys.stdin.isatty():
+            raise UserError("refusing to read data from a terminal (give a file, or pipe)")
+        return sys.stdin.buffer.read()
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path}: is a directory")
+    if not p.exists():
+        raise UserError(f"{path}: no such file")
+    return p.read_bytes()
+
+
+def _write_output(path: str | None, data: bytes, force: bool) -> None:
+    """Write to stdout (path None) or atomically to `path`: a temporary file in the same
+    folder, renamed over the target only once it is complete."""
+    if path is None:
+        if sys.stdout.isatty() and data[:4] == b"\x89MGZ":
+            raise UserError("refusing to write compressed data to a terminal (use -o or -c |)")
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    if target.exists() and not force:
+        raise UserError(f"{path}: already exists (use -f to overwrite)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _outputs(files, output, stdout, suffix_fn) -> list[str | None]:
+    """Output path per input (None = stdout), checked before any work is done."""
+    if output and len(files) > 1:
+        raise UserError("-o/--output takes a single input file")
+    outs = []
+    for f in files:
+        if stdout or f == "-" and not output:
+            outs.append(None)
+        elif output:
+            outs.append(output)
+        else:
+            outs.append(suffix_fn(f))
+    return outs
+
+
+def _check_targets(files, outs, force) -> None:
+    for f, o in zip(files, outs, strict=True):
+        if f != "-" and not Path(f).exists():
+            raise UserError(f"{f}: no such file")
+        if o is not None and Path(o).exists() and not force:
+            raise UserError(f"{o}: already exists (use -f to overwrite)")
+
+
+def _summary(name: str, raw: int, packed: int, zstd_size: int) -> str:
+    bpb = 8 * packed / raw if raw else 0.0
+    zbpb = 8 * zstd_size / raw if raw else 0.0
+    return (
+        f"{name}: {raw:,} -> {packed:,} bytes, {bpb:.3f} bits/byte "
+        f"(zstd -19: {zstd_size:,} bytes, {zbpb:.3f} bits/byte)"
+    )
+
+
+codec_options = [
+    click.option("-o", "--output", help="Write to this file (one input only)."),
+    click.option("-c", "--stdout", "to_stdout", is_flag=True, help="Write to standard output."),
+    click.option("-f", "--force", is_flag=True, help="Overwrite existing output files."),
+    click.option("--rm", "remove", is_flag=True, help="Remove the input after verified success."),
+    click.option(
+        "-m", "--model", "model_name", default=None, help="Shipped model name or checkpoint folder."
+    ),
+    click.option(
+        "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    ),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary."),
+    click.option("-v", "--verbose", is_flag=True, help="Also print per-segment methods."),
+]
+
+
+def with_options(options):
+    def wrap(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return wrap
+
+
+@main.command("compress")
+@click.argument("files", nargs=-1)
+@with_options(codec_options)
+@click.option(
+    "--lanes",
+    default=None,
+    type=click.IntRange(1, 1 << 14),
+    help="Segments coded together (more: faster, more memory).",
+)
+@click.option(
+    "--segment-size",
+    default=None,
+    type=click.IntRange(1, 1 << 26),
+    help="Bytes per segment (default: from the input size and --lanes).",
+)
+def compress_cmd(
+    files, output, to_stdout, force, remove, model_name, device, quiet, verbose, lanes, segment_size
+):
+    """Compress files to FILE.mgz (stdin to stdout with no file or '-')."""
+    import zstandard
+
+    from megazip import checkpoint, container
+
+    files = files or ("-",)
+    outs = _outputs(files, output, to_stdout, lambda f: f + SUFFIX)
+    _check_targets(files, outs, force)
+    model = model_name or checkpoint.DEFAULT_MODEL
+    dev = _device(device)
+    for f, o in zip(files, outs, strict=True):
+        data = _read_input(f)
+        update, close = _progress(len(data), quiet, Path(f).name)
+        stats: dict = {}
+        try:
+            blob = container.compress(
+                data,
+                model,
+                lanes=lanes or container.DEFAULT_LANES,
+                segment_size=segment_size,
+                device=dev,
+                progress=update,
+                stats=stats,
+            )
+        finally:
+            close()
+        if remove and f != "-" and container.decompress(blob, model, device=dev) != data:
+            raise UserError(f"{f}: verification failed; input kept")
+        _write_output(o, blob, force)
+        if not quiet:
+            z = len(zstandard.ZstdCompressor(level=container.ZSTD_LEVEL).compress(data))
+            click.echo(_summary(f if f != "-" else "stdin", len(data), len(blob), z), err=True)
+            if verbose:
+                counts = {m: stats["methods"].count(m) for m in sorted(set(stats["methods"]))}
+                click.echo(
+                    f"  segments: {counts}, model ideal {stats['model_bits'] / 8:,.0f} "
+                    f"bytes, coded {stats['model_bytes']:,} bytes",
+                    err=True,
+                )
+        if remove and f != "-":
+            Path(f).unlink()
+
+
+def _strip_suffix(f: str) -> str:
+    if not f.endswith(SUFFIX) or len(Path(f).name) == len(SUFFIX):
+        raise UserError(f"{f}: unknown suffix (expected {SUFFIX}); use -o or -c")
+    return f[: -len(SUFFIX)]
+
+
+@main.command("decompress")
+@click.argument("files", nargs=-1)
+@with_options(codec_options)
+def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, quiet, verbose):
+    """Decompress FILE.mgz to FILE (stdin to stdout with no file or '-')."""
+    from megazip import container
+
+    files = files or ("-",)
+    outs = _outputs(files, output, to_stdout, _strip_suffix)
+    _check_targets(files, outs, force)
+    dev = _device(device)
+    for f, o in zip(files, outs, strict=True):
+        blob = _read_input(f)
+        update, close = _progress(container.read_header(blob).length, quiet, Path(f).name)
+        try:
+            data = container.decompress(blob, model_name, device=dev, progress=update)
+        finally:
+            close()
+        _write_output(o, data, force)
+        if verbose:
+            click.echo(f"{f}: {len(blob):,} -> {len(data):,} bytes", err=True)
+        if remove and f != "-":
+            Path(f).unlink()
+
+
+@main.command("test")
+@click.argument("files", nargs=-1, required=True)
+@click.option(
+    "-m", "--model", "model_name", default=None, help="Shipped model name or checkpoint folder."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("-q", "--quiet", is_flag=True)
+def test_cmd(files, model_name, device, quiet):
+    """Verify .mgz files: decompress in memory and check the checksum."""
+    from megazip import container
+
+    dev = _device(device)
+    for f in files:
+        blob = _read_input(f)
+        update, close = _progress(container.read_header(blob).length, quiet, Path(f).name)
+        try:
+            container.decompress(blob, model_name, device=dev, progress=update)
+        finally:
+            close()
+        if not quiet:
+            click.echo(f"{f}: OK")
+
+
+@main.command("info")
+@click.argument("files", nargs=-1, required=True)
+def info_cmd(files):
+    """Describe .mgz files: model, sizes, segments."""
+    from megazip import container
+
+    for f in files:
+        blob = _read_input(f)
+        h = container.read_header(blob)
+        methods = [container.METHOD_NAMES[s.method] for s in h.segments]
+        by = {m: methods.count(m) for m in container.METHOD_NAMES.values() if m in methods}
+        bpb = 8 * len(blob) / h.length if h.length else 0.0
+        click.echo(f"{f}:")
+        click.echo(f"  format version   {container.VERSION}")
+        click.echo(f"  model            {h.model_name} (sha256 {h.model_hash.hex()[:16]}...)")
+        click.echo(f"  original size    {h.length:,} bytes")
+        click.echo(f"  compressed size  {len(blob):,} bytes ({bpb:.3f} bits/byte)")
+        click.echo(f"  header           {h.size:,} bytes")
+        click.echo(
+            f"  segments         {len(h.segments)} x {h.segment_size:,} bytes: "
+            + (", ".join(f"{n} {m}" for m, n in by.items()) or "none")
+        )
+        click.echo(f"  lanes per block  {h.lanes} ({len(h.blocks)} model blocks)")
+        click.echo(f"  sha256           {h.sha256.hex()}")
+
+
+@main.command("eval")
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--model",
+    "-m",
+    "model_name",
+    default="tiny",
+    show_default=True,
+    help="Shipped model name or checkpoint folder.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--int",
+    "use_int",
+    is_flag=True,
+    help="Also score with the integer coding model (the coder's tables).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
+    """Measure density: bits per byte of a model on files, per file and overall."""
+    from tqdm import tqdm
+
+    from megazip import checkpoint
+    from megazip.data import list_files
+    from megazip.evaluate import evaluate, int_bits
+
+    dev = _device(device)
+    model, _ = checkpoint.load(model_name, dev)
+    coder = checkpoint.load_coder(model_name).to(dev) if use_int else None
+    files = list_files(paths)
+    hidden = quiet or not sys.stderr.isatty()
+    bar = tqdm(
+        total=len(files) * (2 if use_int else 1), unit="file", disable=hidden, file=sys.stderr
+    )
+    columns = {"float": evaluate(model, files, dev, on_file=lambda s: bar.update(1))}
+    if coder is not None:
+        columns["int"] = evaluate(
+            lambda d: int_bits(coder, d), files, on_file=lambda s: bar.update(1)
+        )
+    bar.close()
+    names = list(columns)
+    if as_json:
+
+        def row(scores):
+            return {
+                n: {"bits": s.bits, "bits_per_byte": s.bits_per_byte}
+                for n, s in zip(names, scores, strict=True)
+            }
+
+        per_file = zip(*(columns[n][0] for n in names), strict=True)
+        doc = {
+            "model": model_name,
+            "files": [{"path": s[0].path, "bytes": s[0].bytes, **row(s)} for s in per_file],
+            "total": {"bytes": columns["float"][1].bytes, **row([columns[n][1] for n in names])},
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    rows = list(zip(*(columns[n][0] + [columns[n][1]] for n in names), strict=True))
+    width = max([len(r[0].path) for r in rows] + [5])
+    head = "".join(f"  {'bits/byte (' + n + ')':>17}" for n in names)
+    click.echo(f"{'file':<{width}}  {'bytes':>10}{head}")
+    for r in rows:
+        cells = "".join(f"  {s.bits_per_byte:>17.3f}" for s in r)
+        click.echo(f"{r[0].path:<{width}}  {r[0].bytes:>10,}{cells}")
+
+
+@main.command("train")
+@click.option(
+    "--data", "-d", multiple=True, required=True, help="Training files or folders (repeatable)."
+)
+@click.option("--valid", multiple=True, help="Held-out files or folders (default: split by file).")
+@click.option("--out", "-o", default="runs/megazip", show_default=True, help="Checkpoint folder.")
+@click.option(
+    "--config", "model", default="tiny", show_default=True, help="Model preset: tiny, small, test."
+)
+@click.option("--steps", default=2000, show_default=True)
+@click.option("--batch-size", default=8, show_default=True, help="Windows per step per process.")
+@click.option("--seq-len", default=0, help="Bytes per window (default: the model's context).")
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--warmup", default=50, show_default=True)
+@click.option("--eval-every", default=100, show_default=True)
+@click.option("--save-every", default=500, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def train_cmd(
+    data,
+    valid,
+    out,
+    model,
+    steps,
+    batch_size,
+    seq_len,
+    lr,
+    warmup,
+    eval_every,
+    save_every,
+    seed,
+    device,
+    resume,
+    quiet,
+):
+    """Train a MEGABYTE model on files (also under torchrun for several processes)."""
+    from megazip.model import PRESETS
+    from megazip.train import TrainConfig, train
+
+    if model not in PRESETS:
+        raise UserError(f"unknown config {model!r} (known: {', '.join(PRESETS)})")
+    cfg = TrainConfig(
+        data=list(data),
+        valid=list(valid),
+        out=out,
+        model=model,
+        steps=steps,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=lr,
+        min_lr=lr / 10,
+        warmup=warmup,
+        eval_every=eval_every,
+        save_every=save_every,
+        seed=seed,
+        device=device,
+        resume=resume,
+        progress=not quiet,
+    )
+    summary = train(cfg)
+    if int(__import__("os").environ.get("RANK", 0)) == 0:
+        click.echo(
+            f"step {summary['step']}: train {summary['train_bpb']:.3f} bits/byte, "
+            f"validation {summary['valid_bpb']:.3f} bits/byte, "
+            f"{summary['wall_s']:.0f} s -> {out}",
+            err=True,
+        )
+
+
+@main.command("models")
+def models_cmd():
+    """List the installed models."""
+    from megazip import checkpoint
+
+    names = checkpoint.shipped_model_names()
+    if not names:
+        click.echo("no shipped models installed")
+    for name in names:
+        meta = checkpoint.read_meta(name)
+        click.echo(
+            f"{name:<10} {meta.get('params', 0) / 1e6:6.1f} M params  {meta.get('description', '')}"
+        )
+
+
+if __name__ == "__main__":
+    main()

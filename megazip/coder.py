@@ -1,0 +1,109 @@
+"""Range coding of byte lanes with the integer model's count tables (constriction).
+
+A *block* is up to G segments ("lanes") coded together in one range-coder stream. The
+lanes advance in lockstep: at byte position t, every lane still longer than t codes its
+byte t, in lane order. The encoder gets all tables from one teacher-forced pass; the
+decoder recomputes them byte by byte; the integer model makes both identical.
+
+Lanes are zero-padded to a whole number of patches; padding bytes are never coded (the
+decoder feeds zeros in their place, exactly as the encoder saw them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import constriction
+import numpy as np
+import torch
+
+from .intmodel import COUNT_BITS, PAD_BYTE, IntMegabyte
+
+FAMILY = constriction.stream.model.Categorical(perfect=False)
+
+
+def lanes_tensor(segments: list[bytes], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lanes (B, T) int64 zero-padded to a multiple of `patch`, lengths (B,) int64)."""
+    lengths = torch.tensor([len(s) for s in segments], dtype=torch.int64)
+    T = -(-max(1, int(lengths.max())) // patch) * patch
+    lanes = torch.zeros(len(segments), T, dtype=torch.int64)
+    for i, s in enumerate(segments):
+        lanes[i, : len(s)] = torch.frombuffer(bytearray(s), dtype=torch.uint8)
+    return lanes, lengths
+
+
+def code_bits(counts: torch.Tensor, symbols: torch.Tensor) -> torch.Tensor:
+    """-log2 p(symbol) per position (float64; for accounting only, never for coding)."""
+    c = counts.gather(-1, symbols[..., None])[..., 0].double()
+    return COUNT_BITS - torch.log2(c)
+
+
+def encode_block(
+    coder: IntMegabyte,
+    segments: list[bytes],
+    chunk_patches: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[bytes, list[float]]:
+    """Encode up to G non-empty segments as one stream. Returns (stream bytes, ideal code
+    length of each segment in bits). `progress` is called with the bytes done."""
+    lanes, lengths = lanes_tensor(segments, coder.config.patch_size)
+    enc = constriction.stream.queue.RangeEncoder()
+    bits = torch.zeros(len(segments), dtype=torch.float64)
+    for start, counts in coder.count_tables(lanes, chunk_patches):
+        counts = counts.cpu()
+        C = counts.shape[1]
+        sym = lanes[:, start : start + C]
+        active = lengths[:, None] > torch.arange(start, start + C)  # (B, C)
+        bits += (code_bits(counts, sym) * active).sum(1)
+        order = active.t()  # position-major: (C, B)
+        probs = counts.transpose(0, 1)[order].to(torch.float64).numpy()
+        symbols = sym.t()[order].to(torch.int32).numpy()
+        if len(symbols):
+            enc.encode(symbols, FAMILY, probs)
+        if progress:
+            progress(int(active.sum()))
+    return enc.get_compressed().tobytes(), bits.tolist()
+
+
+def decode_block(
+    coder: IntMegabyte,
+    stream: bytes,
+    lengths: list[int],
+    progress: Callable[[int], None] | None = None,
+) -> list[bytes]:
+    """Decode the lanes of one block from `stream`, given each lane's length."""
+    P = coder.config.patch_size
+    if len(stream) % 4:
+        raise ValueError("corrupt stream: length is not a multiple of 4")
+    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, dtype=np.uint32).copy())
+    B = len(lengths)
+    T = -(-max(1, max(lengths)) // P) * P
+    dev = coder.device
+    out = torch.zeros(B, T, dtype=torch.int64, device=dev)
+    lens = torch.tensor(lengths, dtype=torch.int64, device=dev)
+    state = coder.new_state(B)
+    with torch.no_grad():
+        for k in range(T // P):
+            prev = out[:, (k - 1) * P : k * P] if k else out[:, :P]
+            ctx = coder.global_context(state, prev.reshape(B, 1, P))[:, 0]  # (B, P, L)
+            coder.begin_patch(state)
+            prev_byte = torch.full((B,), PAD_BYTE, dtype=torch.int64, device=dev)
+            for j in range(P):
+                t = k * P + j
+                counts = coder.local_step(state, prev_byte, ctx[:, j])
+                active = lens > t
+                n = int(active.sum())
+                if n == 0:
+                    break
+                probs = counts[active].to("cpu", torch.float64).numpy()
+                sym = dec.decode(FAMILY, probs)
+                byte = torch.from_numpy(sym.astype(np.int64)).to(dev)
+                if n == B:
+                    out[:, t] = byte
+                else:
+                    out[active, t] = byte
+                prev_byte = out[:, t]
+                if progress:
+                    progress(n)
+    host = out.to("cpu", torch.uint8).numpy()
+    return [host[i, :n].tobytes() for i, n in enumerate(lengths)]

@@ -1,0 +1,258 @@
+"""Training a MEGABYTE on bytes: AdamW, linear warm-up then cosine decay, gradient
+clipping, bf16 autocast on CUDA (float32 on CPU), periodic validation in bits per byte,
+checkpoints (safetensors + JSON) that can be resumed.
+
+Runs unchanged under `torchrun --nproc_per_node=N`: each process draws its own random
+windows, gradients are averaged by DistributedDataParallel (gloo on CPU, nccl on CUDA),
+and only rank 0 validates, prints and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import checkpoint
+from .data import ByteWindows, list_files, read_bytes, split_files
+from .export import export, save_coder
+from .model import PRESETS, Megabyte, MegabyteConfig
+
+LN2 = math.log(2)
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)  # files or folders of training bytes
+    valid: list[str] = field(default_factory=list)  # held-out files; default: split by file
+    out: str = "runs/megazip"
+    model: str = "tiny"  # preset name
+    steps: int = 2000
+    batch_size: int = 8  # windows per step per process
+    seq_len: int = 0  # bytes per window; 0 = the model's context (W * P)
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_windows: int = 32
+    save_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    stop_at: int = 0  # stop (with a checkpoint) at this step, to resume later; 0 = run to the end
+    progress: bool = True
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over cfg.warmup steps, then cosine from cfg.lr to cfg.min_lr."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * t)) * (cfg.lr - cfg.min_lr)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def validation_bpb(model: Megabyte, windows: torch.Tensor, device, batch: int = 8) -> float:
+    """Mean bits per byte of the model over fixed validation windows (teacher forcing)."""
+    model.eval()
+    total = 0.0
+    for i in range(0, len(windows), batch):
+        x = windows[i : i + batch].to(device)
+        with autocast(device):
+            _, loss = model(x, x)
+        total += loss.item() * len(x)
+    model.train()
+    return total / len(windows) / LN2
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _load_splits(cfg: TrainConfig, seq_len: int) -> tuple[ByteWindows, ByteWindows]:
+    files = list_files(cfg.data)
+    if cfg.valid:
+        train_files, valid_files = files, list_files(cfg.valid)
+    else:
+        train_files, valid_files = split_files(files)
+    train = read_bytes(train_files)
+    if valid_files:
+        valid = read_bytes(valid_files)
+    else:  # a single file: hold out its last tenth
+        cut = len(train) - max(len(train) // 10, 1)
+        train, valid = train[:cut], train[cut:]
+    return ByteWindows(train, seq_len), ByteWindows(valid, seq_len)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) into cfg.out; every checkpoint also gets its integer coding
+    model (coder.safetensors). Returns a summary dict: step, train_bpb, valid_bpb,
+    wall_s, world_size."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world = 0, 1
+    device = pick_device(cfg.device)
+    if distributed:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    master = rank == 0
+    out = Path(cfg.out)
+
+    meta: dict = {}
+    if cfg.resume and (out / checkpoint.CONFIG_FILE).is_file():
+        model, meta = checkpoint.load(out, device)
+        model.train()
+    else:
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
+        model = Megabyte(PRESETS[cfg.model] if cfg.model in PRESETS else _config(cfg.model))
+        model.to(device)
+    mcfg = model.config
+    seq_len = cfg.seq_len or mcfg.context_bytes
+    seq_len -= seq_len % mcfg.patch_size
+    train_windows, valid_windows = _load_splits(cfg, seq_len)
+    valid_set = valid_windows.fixed(cfg.eval_windows)
+    calibration_set = train_windows.fixed(cfg.eval_windows, seed=4321)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
+    step = 0
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    state_path = out / STATE_FILE
+    if cfg.resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        gen.set_state(
+            state["generator"][rank] if rank < len(state["generator"]) else gen.get_state()
+        )
+    history = meta.get("history", [])
+    wall0 = meta.get("wall_s", 0.0)
+
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def save_checkpoint(valid_bpb: float | None):
+        if not master:
+            return
+        gens = [gen.get_state()]
+        if distributed:
+            gens = [None] * world
+            dist.gather_object(gen.get_state(), gens)
+        checkpoint.save(
+            out,
+            model,
+            {
+                "step": step,
+                "valid_bpb": valid_bpb,
+                "history": history,
+                "train": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+                "world_size": world,
+                "device": str(device.type),
+                "wall_s": wall0 + time.time() - t0,
+            },
+        )
+        coder = export(model, calibration_set)
+        save_coder(coder, out / checkpoint.CODER_FILE)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"optimizer": opt.state_dict(), "step": step, "generator": gens}, tmp)
+        tmp.replace(state_path)
+
+    def gather_generators():
+        if distributed and not master:
+            dist.gather_object(gen.get_state(), None)
+
+    t0 = time.time()
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        disable=not (master and cfg.progress),
+        unit="step",
+        dynamic_ncols=True,
+    )
+    model.train()
+    train_bpb = float("nan")
+    valid_bpb = meta.get("valid_bpb")
+    bytes_seen, t_last = 0, time.time()
+    last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    while step < last:
+        lr = learning_rate(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = train_windows.sample(cfg.batch_size, gen).to(device, non_blocking=True)
+        with autocast(device):
+            _, loss = net(x, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        bytes_seen += x.numel() * world
+        train_bpb = loss.item() / LN2
+        if (step % cfg.eval_every == 0 or step == last) and master:
+            valid_bpb = validation_bpb(model, valid_set, device)
+            history.append({"step": step, "train_bpb": train_bpb, "valid_bpb": valid_bpb})
+        if step % cfg.save_every == 0 or step == last:
+            if master:
+                save_checkpoint(valid_bpb)
+            else:
+                gather_generators()
+        dt = time.time() - t_last
+        if master:
+            bar.update(1)
+            bar.set_postfix(
+                bpb=f"{train_bpb:.3f}",
+                val=f"{valid_bpb:.3f}" if valid_bpb is not None else "-",
+                kBps=f"{bytes_seen / max(dt, 1e-9) / 1e3:.1f}",
+                lr=f"{lr:.1e}",
+            )
+        if dt > 5:
+            bytes_seen, t_last = 0, time.time()
+    bar.close()
+    wall = time.time() - t0
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {
+        "step": step,
+        "train_bpb": train_bpb,
+        "valid_bpb": valid_bpb,
+        "wall_s": wall,
+        "world_size": world,
+    }
+
+
+def _config(name: str) -> MegabyteConfig:
+    raise ValueError(f"unknown model preset: {name} (known: {', '.join(PRESETS)})")

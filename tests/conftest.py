@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPORA = ROOT.parent / "shared" / "corpora"
+BIN = Path(sys.executable).parent
+
+
+def megazip_cmd(*args: str) -> list[str]:
+    """The installed `megazip` command with arguments."""
+    return [str(BIN / "megazip"), *args]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def corpora() -> Path:
+    if not CORPORA.is_dir():
+        pytest.skip("../shared/corpora is not beside the checkout")
+    return CORPORA
+
+
+os.environ.setdefault("PYTHONHASHSEED", "0")

@@ -1,0 +1,152 @@
+"""Training, checkpoints, resume, torchrun, and evaluation from the command line."""
+
+import json
+import subprocess
+
+import torch
+from conftest import ROOT, megazip_cmd
+from safetensors.torch import load_file
+
+from megazip import checkpoint
+from megazip.evaluate import evaluate, float_bits
+from megazip.model import PRESETS, Megabyte
+from megazip.train import TrainConfig, learning_rate, train
+
+
+def make_data(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        (d / f"f{i}.txt").write_bytes(b"abcabd" * 50 + bytes([i]) * 30)
+    return d
+
+
+def small_cfg(tmp_path, **kw):
+    base = dict(
+        data=[str(make_data(tmp_path))],
+        out=str(tmp_path / "run"),
+        model="test",
+        steps=20,
+        batch_size=4,
+        seq_len=64,
+        warmup=3,
+        eval_every=5,
+        save_every=100,
+        eval_windows=4,
+        progress=False,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path):
+    m = Megabyte(PRESETS["test"]).eval()
+    checkpoint.save(tmp_path / "ck", m, {"note": "x"})
+    m2, meta = checkpoint.load(tmp_path / "ck")
+    x = torch.randint(0, 256, (2, 64))
+    with torch.no_grad():
+        assert torch.equal(m(x)[0], m2(x)[0])
+    assert meta["note"] == "x" and meta["config"] == m.config.to_dict()
+
+
+def test_resume_continues_step_count_and_schedule_exactly(tmp_path):
+    torch.set_num_threads(1)
+    full = train(small_cfg(tmp_path / "a"))
+    assert full["step"] == 20
+    cfg = small_cfg(tmp_path / "b", stop_at=10)
+    assert train(cfg)["step"] == 10
+    assert json.loads((tmp_path / "b/run/config.json").read_text())["step"] == 10
+    resumed = train(small_cfg(tmp_path / "b", resume=True))
+    assert resumed["step"] == 20
+    a = load_file(str(tmp_path / "a/run/model.safetensors"))
+    b = load_file(str(tmp_path / "b/run/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from uninterrupted"
+    steps = [h["step"] for h in json.loads((tmp_path / "b/run/config.json").read_text())["history"]]
+    assert steps == [5, 10, 15, 20]
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-4)
+    lrs = [learning_rate(s, cfg) for s in range(100)]
+    assert lrs[0] < lrs[5] < lrs[9] == 1e-3
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert abs(learning_rate(100, cfg) - 1e-4) < 1e-12
+
+
+def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path):
+    data = make_data(tmp_path)
+    out = tmp_path / "ddp"
+    cmd = [
+        str(ROOT / ".venv/bin/torchrun") if (ROOT / ".venv/bin/torchrun").exists() else "torchrun",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "--no_python",
+        *megazip_cmd(
+            "train",
+            "--data",
+            str(data),
+            "--config",
+            "test",
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "32",
+            "--eval-every",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "-q",
+        ),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["step"] == 4 and meta["world_size"] == 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "coder.safetensors",
+        "config.json",
+        "model.safetensors",
+        "train_state.pt",
+    ]
+
+
+def test_eval_cli_matches_python_function(tmp_path):
+    m = Megabyte(PRESETS["test"]).eval()
+    checkpoint.save(tmp_path / "ck", m)
+    f = tmp_path / "sample.bin"
+    f.write_bytes(bytes(range(256)) * 3 + b"tail")
+    r = subprocess.run(
+        megazip_cmd("eval", str(f), "--model", str(tmp_path / "ck"), "--json"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(r.stdout)
+    scores, total = evaluate(m, [f])
+    assert got["files"][0]["bytes"] == len(f.read_bytes())
+    assert abs(got["total"]["float"]["bits"] - total.bits) < 1e-6 * total.bits
+    assert abs(got["total"]["float"]["bits"] - float_bits(m, f.read_bytes())) < 1e-6 * total.bits
+    table = subprocess.run(
+        megazip_cmd("eval", str(f), "--model", str(tmp_path / "ck")),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"{total.bits_per_byte:.3f}" in table.splitlines()[-1]
+
+
+def test_eval_of_missing_file_is_one_line_error(tmp_path):
+    m = Megabyte(PRESETS["test"])
+    checkpoint.save(tmp_path / "ck", m)
+    r = subprocess.run(
+        megazip_cmd("eval", str(tmp_path / "nope"), "--model", str(tmp_path / "ck")),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
