@@ -385,9 +385,8 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
 
 
 @main.command("train")
-@click.option(
-    "--data", "-d", multiple=True, required=True, help="Training files or folders (repeatable)."
-)
+@click.option("--recipe", help="A named recipe (tiny, small): fixes model, data and schedule.")
+@click.option("--data", "-d", multiple=True, help="Training files or folders (repeatable).")
 @click.option("--valid", multiple=True, help="Held-out files or folders (default: split by file).")
 @click.option("--out", "-o", default="runs/megazip", show_default=True, help="Checkpoint folder.")
 @click.option(
@@ -405,54 +404,41 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option(
+    "--stop-at", default=0, help="Stop at this step (with a checkpoint), to resume later."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(
-    data,
-    valid,
-    out,
-    model,
-    steps,
-    batch_size,
-    seq_len,
-    lr,
-    warmup,
-    eval_every,
-    save_every,
-    seed,
-    device,
-    resume,
-    quiet,
-):
+@click.pass_context
+def train_cmd(ctx, recipe, **opts):
     """Train a MEGABYTE model on files (also under torchrun for several processes)."""
-    from megazip.model import PRESETS
-    from megazip.train import TrainConfig, train
+    from click.core import ParameterSource
 
-    if model not in PRESETS:
-        raise UserError(f"unknown config {model!r} (known: {', '.join(PRESETS)})")
-    cfg = TrainConfig(
-        data=list(data),
-        valid=list(valid),
-        out=out,
-        model=model,
-        steps=steps,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        lr=lr,
-        min_lr=lr / 10,
-        warmup=warmup,
-        eval_every=eval_every,
-        save_every=save_every,
-        seed=seed,
-        device=device,
-        resume=resume,
-        progress=not quiet,
-    )
-    summary = train(cfg)
-    if int(__import__("os").environ.get("RANK", 0)) == 0:
+    from megazip import train as training
+    from megazip.model import PRESETS
+
+    quiet = opts.pop("quiet")
+    opts["model"] = opts.pop("model")
+    given = {
+        k: v for k, v in opts.items() if ctx.get_parameter_source(k) != ParameterSource.DEFAULT
+    }
+    for k in ("data", "valid"):
+        opts[k] = list(opts[k])
+        if k in given:
+            given[k] = list(given[k])
+    if recipe:
+        cfg = training.recipe(recipe, **given, progress=not quiet)
+    else:
+        if not opts["data"]:
+            raise UserError("give --data (files or folders to train on) or --recipe")
+        cfg = training.TrainConfig(**opts, min_lr=opts["lr"] / 10, progress=not quiet)
+    if cfg.model not in PRESETS:
+        raise UserError(f"unknown config {cfg.model!r} (known: {', '.join(PRESETS)})")
+    summary = training.train(cfg)
+    if int(os.environ.get("RANK", 0)) == 0:
         click.echo(
             f"step {summary['step']}: train {summary['train_bpb']:.3f} bits/byte, "
             f"validation {summary['valid_bpb']:.3f} bits/byte, "
-            f"{summary['wall_s']:.0f} s -> {out}",
+            f"{summary['wall_s']:.0f} s -> {cfg.out}",
             err=True,
         )
 

@@ -52,6 +52,31 @@ class TrainConfig:
     progress: bool = True
 
 
+# Training recipes: everything that makes a shipped model, as code. The corpus is built by
+# `make corpus` (bench/corpus.py) into data/corpus.
+RECIPES: dict[str, dict] = {
+    # a 2-core CPU, about an hour (nice'd in the background)
+    "tiny": dict(
+        model="tiny", data=["data/corpus/train"], valid=["data/corpus/valid"], steps=8000,
+        batch_size=8, seq_len=1024, lr=2e-3, min_lr=2e-4, warmup=200, eval_every=250,
+        save_every=250,
+    ),
+    # one H200, <= 8 minutes (bf16 autocast)
+    "small": dict(
+        model="small", data=["data/corpus/train"], valid=["data/corpus/valid"], steps=3000,
+        batch_size=64, seq_len=2048, lr=1.5e-3, min_lr=1.5e-4, warmup=200, eval_every=500,
+        save_every=500,
+    ),
+}
+
+
+def recipe(name: str, **overrides) -> TrainConfig:
+    """The TrainConfig of a named recipe, with `overrides` applied (e.g. out=...)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})")
+    return TrainConfig(**{**RECIPES[name], **overrides})
+
+
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up over cfg.warmup steps, then cosine from cfg.lr to cfg.min_lr."""
     if step < cfg.warmup:
