@@ -403,6 +403,7 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
+@click.option("--threads", default=0, help="CPU threads for torch (default: all cores).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @click.option(
     "--stop-at", default=0, help="Stop at this step (with a checkpoint), to resume later."

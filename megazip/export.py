@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .intmodel import ATTN_UNIT, OUT_EXP_BITS, OUT_UNIT, PROB_BITS, IntMegabyte
+from .intmodel import ATTN_UNIT, OUT_EXP_BITS, OUT_UNIT, IntMegabyte
+from .kernels import PROB_BITS
 from .model import Block, Megabyte, MegabyteConfig, RMSNorm, alibi_slopes
 
 RESIDUAL_BITS = 20  # the largest calibrated residual value maps to 2^20

@@ -28,49 +28,30 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .kernels import RESIDUAL_LIMIT, kernels_for
 from .model import PAD_BYTE, MegabyteConfig
 
 COUNT_BITS = 24
 COUNT_TOTAL = 1 << COUNT_BITS  # every count table sums to this
-RESIDUAL_LIMIT = 1 << 26  # residual streams are clamped to +-this (sums of squares fit int64)
 GEMM_BLOCK = 1024  # largest K per float32 GEMM: 127 * 127 * 1024 < 2^24
-PROB_BITS = 15  # attention probabilities sum to ~2^15
 ATTN_UNIT = 32  # attention logits in 1/32 nat
 OUT_UNIT = 64  # output logits in 1/64 nat
 OUT_EXP_BITS = 30
 
 
 def int_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Exact x @ w for integer-valued x (..., K) with |x| <= 127 (any integer dtype) and w
-    (K, N) float32 holding integers with |w| <= 127. Returns int64 (..., N)."""
+    """Exact x @ w for integer-valued x (..., K), |x| <= 127, and w (K, N) float32 holding
+    integers, |w| <= 127. Returns float32 (K <= GEMM_BLOCK: every partial sum < 2^24) or
+    float64 (sums of such blocks, exact below 2^53)."""
     xf = x.to(torch.float32)
     K = xf.shape[-1]
+    if K <= GEMM_BLOCK:
+        return xf @ w
     acc = None
     for k0 in range(0, K, GEMM_BLOCK):
-        part = (xf[..., k0 : k0 + GEMM_BLOCK] @ w[k0 : k0 + GEMM_BLOCK]).to(torch.int64)
+        part = (xf[..., k0 : k0 + GEMM_BLOCK] @ w[k0 : k0 + GEMM_BLOCK]).to(torch.float64)
         acc = part if acc is None else acc + part
     return acc
-
-
-def requant(acc: torch.Tensor, mult: torch.Tensor, shift: int, limit: int) -> torch.Tensor:
-    """round(acc * mult / 2^shift), clamped to [-limit, limit]; mult broadcasts over acc."""
-    return torch.clamp((acc * mult + (1 << (shift - 1))) >> shift, -limit, limit)
-
-
-def isqrt(n: torch.Tensor) -> torch.Tensor:
-    """Exact floor(sqrt(n)) of int64 n >= 0 (n < 2^62): a float64 estimate, then integer
-    correction steps, so the result does not depend on the float sqrt's rounding."""
-    r = torch.sqrt(n.to(torch.float64)).to(torch.int64)
-    for _ in range(2):
-        r = torch.where(r * r > n, r - 1, r)
-    for _ in range(2):
-        r = torch.where((r + 1) * (r + 1) <= n, r + 1, r)
-    return r
-
-
-def div_round(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """round(a / b) (half up) for int64 a and positive int64 b."""
-    return torch.div(2 * a + b, 2 * b, rounding_mode="floor")
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -78,28 +59,23 @@ def div_round(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class IntLinear:
-    """y = requant(x @ w): w (K, N) float32 integers in [-127, 127], mult (N,) int64."""
+    """acc = x @ w with w (K, N) float32 integers in [-127, 127]; its outputs are then
+    requantized by mult (N,) int64 and shift."""
 
     w: torch.Tensor
     mult: torch.Tensor
     shift: int
-    limit: int  # output clamp: 127 for int8 activations, RESIDUAL_LIMIT for residual adds
 
     def __call__(self, x):
-        return requant(int_matmul(x, self.w), self.mult, self.shift, self.limit)
+        return int_matmul(x, self.w)
 
 
 @dataclass
 class IntNorm:
-    """RMSNorm to int8 with a per-channel output scale: y = round(x * c / (rms * 2^16))."""
+    """RMSNorm to int8 with a per-channel output scale: round(x * c / (rms * 2^16))."""
 
     c: torch.Tensor  # (D,) int64: 2^16 / output scale per channel
     eps: int  # added to the mean of squares, in residual units squared
-
-    def __call__(self, x):
-        ms = (x * x).sum(-1, keepdim=True) // x.shape[-1]
-        r = isqrt(ms + self.eps)  # >= 1
-        return torch.clamp(div_round(x * self.c, r << 16), -127, 127)
 
 
 @dataclass
@@ -111,47 +87,16 @@ class IntAttention:
     exp: torch.Tensor  # (E,) int64: round(2^PROB_BITS * exp(-i / ATTN_UNIT)), last = 0
     out_mult: torch.Tensor  # (D,) int64: (probs @ v) -> int8 input of proj
     out_shift: int
-    proj: IntLinear
+    proj: IntLinear  # to the residual stream
     n_heads: int
     window: int | None
-
-    def __call__(self, x, cache: IntKVCache | None = None):
-        B, T, D = x.shape
-        hd = D // self.n_heads
-        qkv = self.qkv(x)
-        q, k, v = (
-            t.reshape(B, T, self.n_heads, hd).transpose(1, 2).to(torch.float32)
-            for t in qkv.split(D, dim=-1)
-        )  # (B, H, T, hd) each, integer-valued
-        if cache is not None:
-            k, v = cache.extend(k, v)  # (B, H, S, hd)
-        S = k.shape[2]
-        scores = (q @ k.transpose(-1, -2)).to(torch.int64)  # exact: hd * 127^2 < 2^24
-        logits = (scores * self.score_mult + (1 << (self.score_shift - 1))) >> self.score_shift
-        dist = torch.arange(S - T, S, device=x.device)[:, None] - torch.arange(S, device=x.device)
-        visible = dist >= 0
-        if self.window is not None:
-            visible &= dist < self.window
-        penalty = self.alibi[:, dist.clamp(0, self.alibi.shape[1] - 1)]  # (H, T, S)
-        logits = torch.where(visible, logits - penalty, -(1 << 40))
-        z = logits.amax(-1, keepdim=True) - logits  # >= 0
-        e = self.exp[z.clamp(max=len(self.exp) - 1)]
-        den = e.sum(-1, keepdim=True)
-        p = torch.div((e << PROB_BITS) + den // 2, den, rounding_mode="floor")  # sum ~ 2^15
-        y = (p.to(torch.float32) @ v).to(torch.int64)  # exact: 2^15 * 127 * (1 + S/2^16)
-        y = y.transpose(1, 2).reshape(B, T, D)
-        y = requant(y, self.out_mult, self.out_shift, 127)
-        return self.proj(y)
 
 
 @dataclass
 class IntMLP:
-    fc: IntLinear  # to GELU table indices in [-limit, limit]
-    gelu: torch.Tensor  # (2 * limit + 1,) int64 int8 outputs
-    proj: IntLinear
-
-    def __call__(self, x):
-        return self.proj(self.gelu[self.fc(x) + self.fc.limit])
+    fc: IntLinear  # to GELU table indices
+    gelu: torch.Tensor  # (2 * limit + 1,) int64: int8 outputs for indices -limit..limit
+    proj: IntLinear  # to the residual stream
 
 
 @dataclass
@@ -160,10 +105,6 @@ class IntBlock:
     attn: IntAttention
     norm2: IntNorm
     mlp: IntMLP
-
-    def __call__(self, x, cache=None):
-        x = torch.clamp(x + self.attn(self.norm1(x), cache), -RESIDUAL_LIMIT, RESIDUAL_LIMIT)
-        return torch.clamp(x + self.mlp(self.norm2(x)), -RESIDUAL_LIMIT, RESIDUAL_LIMIT)
 
 
 class IntKVCache:
@@ -194,76 +135,76 @@ class LaneState:
 
 class IntMegabyte:
     """The integer coding model. Build it with megazip.export.export(float_model, ...)
-    or IntMegabyte.from_tensors(...); it holds only integer data."""
+    or IntMegabyte(config, tensors, ints); it holds only integer data."""
 
     def __init__(self, config: MegabyteConfig, tensors: dict[str, torch.Tensor], ints: dict):
         self.config = config
         self.tensors = tensors  # canonical storage (what is hashed and saved)
         self.ints = ints  # scalar integers (shifts, multipliers, eps)
         self.device = torch.device("cpu")
+        self.kernels = kernels_for(self.device)
         self._hash: str | None = None
         self._build()
 
     # -- construction from the flat tensor dict
-    def _linear(self, name, limit):
-        t = self.tensors
-        return IntLinear(
-            t[f"{name}.w"].to(self.device, torch.float32).t().contiguous(),
-            t[f"{name}.mult"].to(self.device, torch.int64),
-            self.ints[f"{name}.shift"],
-            limit,
-        )
+    def _t(self, name, dtype=torch.int64):
+        return self.tensors[name].to(self.device, dtype)
+
+    def _linear(self, name):
+        w = self._t(f"{name}.w", torch.float32).t().contiguous()
+        return IntLinear(w, self._t(f"{name}.mult"), self.ints[f"{name}.shift"])
 
     def _norm(self, name):
-        return IntNorm(
-            self.tensors[f"{name}.c"].to(self.device, torch.int64), self.ints[f"{name}.eps"]
-        )
+        return IntNorm(self._t(f"{name}.c"), self.ints[f"{name}.eps"])
 
     def _block(self, name, heads, window):
-        t, i = self.tensors, self.ints
+        i = self.ints
         attn = IntAttention(
-            qkv=self._linear(f"{name}.attn.qkv", 127),
+            qkv=self._linear(f"{name}.attn.qkv"),
             score_mult=i[f"{name}.attn.score_mult"],
             score_shift=i[f"{name}.attn.score_shift"],
-            alibi=t[f"{name}.attn.alibi"].to(self.device, torch.int64),
-            exp=t["attn_exp"].to(self.device, torch.int64),
-            out_mult=t[f"{name}.attn.out_mult"].to(self.device, torch.int64),
+            alibi=self._t(f"{name}.attn.alibi"),
+            exp=self._t("attn_exp"),
+            out_mult=self._t(f"{name}.attn.out_mult"),
             out_shift=i[f"{name}.attn.out_shift"],
-            proj=self._linear(f"{name}.attn.proj", RESIDUAL_LIMIT),
+            proj=self._linear(f"{name}.attn.proj"),
             n_heads=heads,
             window=window,
         )
-        gelu = t[f"{name}.mlp.gelu"].to(self.device, torch.int64)
         mlp = IntMLP(
-            self._linear(f"{name}.mlp.fc", (len(gelu) - 1) // 2),
-            gelu,
-            self._linear(f"{name}.mlp.proj", RESIDUAL_LIMIT),
+            self._linear(f"{name}.mlp.fc"),
+            self._t(f"{name}.mlp.gelu"),
+            self._linear(f"{name}.mlp.proj"),
         )
         return IntBlock(self._norm(f"{name}.norm1"), attn, self._norm(f"{name}.norm2"), mlp)
 
     def _build(self):
-        c, t, d = self.config, self.tensors, self.device
-        self.global_emb = t["global_emb"].to(d, torch.int64)  # (P, 256, G/P) residual units
-        self.global_pad = t["global_pad"].to(d, torch.int64)  # (G,)
+        c = self.config
+        self.global_emb = self._t("global_emb")  # (P, 256, D_G) residual units
+        self.global_pad = self._t("global_pad")  # (G,)
         self.global_blocks = [
             self._block(f"global.{i}", c.global_heads, c.window) for i in range(c.global_layers)
         ]
         self.global_norm = self._norm("global_norm")
         # per slot p: (P, D_G, L) float32 integers, and (P, L) multipliers
-        self.to_local_w = t["to_local.w"].to(d, torch.float32).transpose(1, 2).contiguous()
-        self.to_local_mult = t["to_local.mult"].to(d, torch.int64)
-        self.local_emb = t["local_emb"].to(d, torch.int64)  # (257, L)
+        self.to_local_w = self._t("to_local.w", torch.float32).transpose(1, 2).contiguous()
+        self.to_local_mult = self._t("to_local.mult").reshape(-1)
+        self.local_emb = self._t("local_emb")  # (257, L)
         self.local_blocks = [
             self._block(f"local.{i}", c.local_heads, None) for i in range(c.local_layers)
         ]
         self.local_norm = self._norm("local_norm")
-        self.head = self._linear("head", 1 << 40)
-        self.out_exp = t["out_exp"].to(d, torch.int64)
+        self.head = self._linear("head")
+        self.out_exp = self._t("out_exp")
 
-    def to(self, device) -> IntMegabyte:
-        """This model on `device` (tables identical on every device)."""
-        self.device = torch.device(device)
-        self._build()
+    def to(self, device, kernels=None) -> IntMegabyte:
+        """This model on `device` (tables identical on every device). `kernels` picks a
+        backend (megazip.kernels.TorchKernels or NumbaKernels); default: the fastest."""
+        device = torch.device(device)
+        kernels = kernels or kernels_for(device)
+        if device != self.device or kernels is not self.kernels:
+            self.device, self.kernels = device, kernels
+            self._build()
         return self
 
     # -- identity
@@ -271,20 +212,44 @@ class IntMegabyte:
         """sha256 (hex) of the config, the scalar integers and every tensor (name, dtype,
         shape, bytes, in name order): the model's identity in .mgz headers."""
         if self._hash is None:
-            self._hash = self._compute_hash()
+            h = hashlib.sha256()
+            h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+            h.update(json.dumps(self.ints, sort_keys=True).encode())
+            for name in sorted(self.tensors):
+                x = self.tensors[name].contiguous().cpu()
+                h.update(f"{name}|{x.dtype}|{tuple(x.shape)}|".encode())
+                h.update(x.numpy().tobytes())
+            self._hash = h.hexdigest()
         return self._hash
 
-    def _compute_hash(self) -> str:
-        h = hashlib.sha256()
-        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-        h.update(json.dumps(self.ints, sort_keys=True).encode())
-        for name in sorted(self.tensors):
-            x = self.tensors[name].contiguous().cpu()
-            h.update(f"{name}|{x.dtype}|{tuple(x.shape)}|".encode())
-            h.update(x.numpy().tobytes())
-        return h.hexdigest()
+    # -- the transformer, in integers
+    def _attention(self, a: IntAttention, x, cache):
+        kern = self.kernels
+        B, T, D = x.shape
+        hd = D // a.n_heads
+        qkv = kern.requant(a.qkv(x), a.qkv.mult, a.qkv.shift, 127)  # (B, T, 3D) int8
+        q, k, v = (
+            t.reshape(B, T, a.n_heads, hd).transpose(1, 2) for t in qkv.split(D, dim=-1)
+        )  # (B, H, T, hd) each
+        if cache is not None:
+            k, v = cache.extend(k, v)  # (B, H, S, hd)
+        scores = q @ k.transpose(-1, -2)  # exact: hd * 127^2 < 2^24
+        p = kern.attention_probs(scores, a.score_mult, a.score_shift, a.alibi, a.window, a.exp)
+        y = (p @ v).transpose(1, 2).reshape(B, T, D)  # exact: ~2^15 * 127 * hd... < 2^24
+        y = kern.requant(y, a.out_mult, a.out_shift, 127)
+        return a.proj(y)
 
-    # -- the two passes
+    def _block_forward(self, b: IntBlock, x, cache=None):
+        kern = self.kernels
+        h = kern.norm(x, b.norm1.c, b.norm1.eps)
+        x = kern.residual_add(
+            x, self._attention(b.attn, h, cache), b.attn.proj.mult, b.attn.proj.shift
+        )
+        h = kern.norm(x, b.norm2.c, b.norm2.eps)
+        m = b.mlp
+        h = kern.gelu(m.fc(h), m.fc.mult, m.fc.shift, m.gelu)
+        return kern.residual_add(x, m.proj(h), m.proj.mult, m.proj.shift)
+
     def new_state(self, batch: int) -> LaneState:
         return LaneState([IntKVCache(self.config.window - 1) for _ in self.global_blocks])
 
@@ -301,27 +266,23 @@ class IntMegabyte:
         if state.patches_done == 0:
             x[:, 0] = self.global_pad
         for block, cache in zip(self.global_blocks, state.caches, strict=True):
-            x = block(x, cache)
+            x = self._block_forward(block, x, cache)
         state.patches_done += K
-        x = self.global_norm(x).reshape(B, K, P, c.byte_dim)  # int8
-        acc = torch.einsum("bkpd,pdl->bkpl", x.to(torch.float32), self.to_local_w)
-        return requant(
-            acc.to(torch.int64), self.to_local_mult, self.ints["to_local.shift"], RESIDUAL_LIMIT
+        g = self.global_norm
+        h = self.kernels.norm(x, g.c, g.eps).reshape(B * K, P, c.byte_dim).transpose(0, 1)
+        acc = torch.bmm(h, self.to_local_w)  # (P, B*K, L): slot p uses its own weights
+        acc = acc.transpose(0, 1).reshape(B * K, P * c.local_dim)
+        out = self.kernels.requant_int(
+            acc, self.to_local_mult, self.ints["to_local.shift"], RESIDUAL_LIMIT
         )
+        return out.reshape(B, K, P, c.local_dim)
 
-    def counts_from_logits(self, acc: torch.Tensor) -> torch.Tensor:
-        """Head accumulators (..., 256) -> integer counts (..., 256), each >= 1, summing to
-        COUNT_TOTAL exactly (the remainder goes to the first most likely byte)."""
-        logits = requant(acc, self.head.mult, self.head.shift, 1 << 40)  # 1/OUT_UNIT nat
-        z = logits.amax(-1, keepdim=True) - logits
-        e = self.out_exp[z.clamp(max=len(self.out_exp) - 1)]
-        free = COUNT_TOTAL - 256
-        counts = 1 + torch.div(e * free, e.sum(-1, keepdim=True), rounding_mode="floor")
-        rest = COUNT_TOTAL - counts.sum(-1, keepdim=True)
-        return counts.scatter_add(-1, z.argmin(-1, keepdim=True), rest)
-
-    def _head(self, h):
-        return int_matmul(self.local_norm(h), self.head.w)
+    def _counts(self, h):
+        """Local residual (..., L) -> counts (..., 256), each >= 1, summing to COUNT_TOTAL
+        (the remainder goes to the first most likely byte)."""
+        n = self.local_norm
+        acc = self.head(self.kernels.norm(h, n.c, n.eps))
+        return self.kernels.counts(acc, self.head.mult, self.head.shift, self.out_exp, COUNT_TOTAL)
 
     def local_counts(self, patches: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Whole patches at once. patches (B, K, P) bytes, context (B, K, P, L) from
@@ -331,8 +292,8 @@ class IntMegabyte:
         prev = torch.cat([pad, patches[..., :-1]], -1).long()
         h = (self.local_emb[prev] + context).reshape(B * K, P, -1)
         for block in self.local_blocks:
-            h = block(h)
-        return self.counts_from_logits(self._head(h)).reshape(B, K, P, 256)
+            h = self._block_forward(block, h)
+        return self._counts(h).reshape(B, K, P, 256)
 
     def begin_patch(self, state: LaneState):
         """Reset the local caches before the first byte of a patch (byte-by-byte mode)."""
@@ -344,8 +305,8 @@ class IntMegabyte:
         (B, 256) int64."""
         h = (self.local_emb[prev_byte.long()] + context)[:, None]  # (B, 1, L)
         for block, cache in zip(self.local_blocks, state.local_caches, strict=True):
-            h = block(h, cache)
-        return self.counts_from_logits(self._head(h[:, 0]))
+            h = self._block_forward(block, h, cache)
+        return self._counts(h[:, 0])
 
     @torch.no_grad()
     def count_tables(self, lanes: torch.Tensor, chunk_patches: int = 64):
@@ -358,8 +319,9 @@ class IntMegabyte:
         state = self.new_state(B)
         for s in range(0, T // P, chunk_patches):
             chunk = patches[:, s : s + chunk_patches]
-            prev = patches[:, max(s - 1, 0) : s - 1 + chunk.shape[1]] if s else None
-            if prev is None:  # the first row is replaced by the pad patch
+            if s:
+                prev = patches[:, s - 1 : s - 1 + chunk.shape[1]]
+            else:  # the first row is replaced by the pad patch
                 prev = torch.cat([chunk[:, :1], chunk[:, :-1]], 1)
             ctx = self.global_context(state, prev)
             yield s * P, self.local_counts(chunk, ctx).reshape(B, -1, 256)

@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    threads: int = 0  # CPU threads for torch (0: torch's default)
     stop_at: int = 0  # stop (with a checkpoint) at this step, to resume later; 0 = run to the end
     progress: bool = True
 
@@ -55,16 +56,32 @@ class TrainConfig:
 # Training recipes: everything that makes a shipped model, as code. The corpus is built by
 # `make corpus` (bench/corpus.py) into data/corpus.
 RECIPES: dict[str, dict] = {
-    # a 2-core CPU, about an hour (nice'd in the background)
+    # a 2-core CPU, about an hour
     "tiny": dict(
-        model="tiny", data=["data/corpus/train"], valid=["data/corpus/valid"], steps=8000,
-        batch_size=8, seq_len=1024, lr=2e-3, min_lr=2e-4, warmup=200, eval_every=250,
+        model="tiny",
+        data=["data/corpus/train"],
+        valid=["data/corpus/valid"],
+        steps=5000,
+        batch_size=8,
+        seq_len=1024,
+        lr=2e-3,
+        min_lr=2e-4,
+        warmup=200,
+        eval_every=250,
         save_every=250,
     ),
     # one H200, <= 8 minutes (bf16 autocast)
     "small": dict(
-        model="small", data=["data/corpus/train"], valid=["data/corpus/valid"], steps=3000,
-        batch_size=64, seq_len=2048, lr=1.5e-3, min_lr=1.5e-4, warmup=200, eval_every=500,
+        model="small",
+        data=["data/corpus/train"],
+        valid=["data/corpus/valid"],
+        steps=3000,
+        batch_size=64,
+        seq_len=2048,
+        lr=1.5e-3,
+        min_lr=1.5e-4,
+        warmup=200,
+        eval_every=500,
         save_every=500,
     ),
 }
@@ -143,6 +160,8 @@ def train(cfg: TrainConfig) -> dict:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     master = rank == 0
     out = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     meta: dict = {}
     if cfg.resume and (out / checkpoint.CONFIG_FILE).is_file():

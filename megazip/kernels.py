@@ -1,0 +1,312 @@
+"""Integer kernels of the coding model, in two backends that return identical integers.
+
+`TorchKernels` is the reference: plain tensor ops, on any device. `NumbaKernels` fuses
+each step into one compiled loop on the CPU (numba), which removes most of the memory
+traffic of the reference's many int64 elementwise ops. Tests assert both agree exactly.
+
+Conventions: int8-valued activations travel as float32 tensors (ready for the exact
+float32 GEMMs); GEMM accumulators are float32 (K <= 1024, exact) or float64 (sums of
+blocks, exact below 2^53); residual streams are int64. Rounding is always
+`(acc * mult + 2^(shift-1)) >> shift` (half up), then a clamp to [-limit, limit].
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+RESIDUAL_LIMIT = 1 << 26  # residual streams are clamped to +-this (sums of squares fit int64)
+PROB_BITS = 15  # attention probabilities sum to ~2^15
+MASKED = -(1 << 40)
+
+
+# ------------------------------------------------------------------------- reference
+
+
+def _rq(acc, mult, shift):
+    return (acc.to(torch.int64) * mult + (1 << (shift - 1))) >> shift
+
+
+def isqrt(n: torch.Tensor) -> torch.Tensor:
+    """Exact floor(sqrt(n)) of int64 n >= 0 (n < 2^62): a float64 estimate, then integer
+    correction steps, so the result does not depend on the float sqrt's rounding."""
+    r = torch.sqrt(n.to(torch.float64)).to(torch.int64)
+    for _ in range(2):
+        r = torch.where(r * r > n, r - 1, r)
+    for _ in range(2):
+        r = torch.where((r + 1) * (r + 1) <= n, r + 1, r)
+    return r
+
+
+class TorchKernels:
+    name = "torch"
+
+    @staticmethod
+    def norm(x, c, eps):
+        """RMSNorm of int64 rows x (M, D) to int8 values (float32): round(x*c / (r*2^16)),
+        r = isqrt(floor(mean(x^2)) + eps)."""
+        ms = torch.div((x * x).sum(-1, keepdim=True), x.shape[-1], rounding_mode="floor")
+        r = isqrt(ms + eps) << 16
+        y = torch.div(2 * x * c + r, 2 * r, rounding_mode="floor")
+        return torch.clamp(y, -127, 127).to(torch.float32)
+
+    @staticmethod
+    def requant(acc, mult, shift, limit):
+        """Accumulators (M, N) -> clamped integers as float32 (for the next GEMM)."""
+        return torch.clamp(_rq(acc, mult, shift), -limit, limit).to(torch.float32)
+
+    @staticmethod
+    def requant_int(acc, mult, shift, limit):
+        """Accumulators (M, N) -> clamped int64."""
+        return torch.clamp(_rq(acc, mult, shift), -limit, limit)
+
+    @staticmethod
+    def residual_add(x, acc, mult, shift):
+        """x + requant(acc), clamped to the residual limit (int64, new tensor)."""
+        y = torch.clamp(_rq(acc, mult, shift), -RESIDUAL_LIMIT, RESIDUAL_LIMIT)
+        return torch.clamp(x + y, -RESIDUAL_LIMIT, RESIDUAL_LIMIT)
+
+    @staticmethod
+    def gelu(acc, mult, shift, table):
+        """Accumulators -> table indices (clamped) -> int8 GELU outputs as float32."""
+        limit = (len(table) - 1) // 2
+        idx = torch.clamp(_rq(acc, mult, shift), -limit, limit) + limit
+        return table[idx].to(torch.float32)
+
+    @staticmethod
+    def attention_probs(scores, mult, shift, alibi, window, exp):
+        """Integer softmax over keys. scores (B, H, T, S) q.k accumulators (float32) for
+        the last T of S positions; logits = requant(score) - alibi[h, distance] in
+        1/ATTN_UNIT nat, keys at distance < 0 or >= window (0: no limit) masked. Returns
+        probabilities (float32 integers summing to ~2^15)."""
+        T, S = scores.shape[-2:]
+        dev = scores.device
+        dist = torch.arange(S - T, S, device=dev)[:, None] - torch.arange(S, device=dev)
+        visible = dist >= 0
+        if window:
+            visible &= dist < window
+        penalty = alibi[:, dist.clamp(0, alibi.shape[1] - 1)]  # (H, T, S)
+        logits = torch.where(visible, _rq(scores, mult, shift) - penalty, MASKED)
+        z = logits.amax(-1, keepdim=True) - logits
+        e = exp[z.clamp(max=len(exp) - 1)]
+        den = e.sum(-1, keepdim=True)
+        p = torch.div((e << PROB_BITS) + den // 2, den, rounding_mode="floor")
+        return p.to(torch.float32)
+
+    @staticmethod
+    def counts(acc, mult, shift, exp, total):
+        """Head accumulators (M, 256) -> counts (M, 256) int64, each >= 1, summing to
+        `total`; the remainder goes to the first most likely byte."""
+        logits = torch.clamp(_rq(acc, mult, shift), -(1 << 40), 1 << 40)
+        z = logits.amax(-1, keepdim=True) - logits
+        e = exp[z.clamp(max=len(exp) - 1)]
+        free = total - acc.shape[-1]
+        counts = 1 + torch.div(e * free, e.sum(-1, keepdim=True), rounding_mode="floor")
+        rest = total - counts.sum(-1, keepdim=True)
+        return counts.scatter_add(-1, z.argmin(-1, keepdim=True), rest)
+
+
+# ---------------------------------------------------------------------------- numba
+
+try:
+    import numba as nb
+except ImportError:  # pragma: no cover - numba is a dependency, but stay usable without
+    nb = None
+
+if nb is not None:
+    _jit = nb.njit(cache=True, nogil=True, fastmath=False, parallel=True)
+
+    @_jit
+    def _nb_norm(x, c, eps, out):
+        M, D = x.shape
+        for i in nb.prange(M):
+            ss = 0
+            for j in range(D):
+                ss += x[i, j] * x[i, j]
+            n = ss // D + eps
+            r = np.int64(np.sqrt(np.float64(n)))
+            while r * r > n:
+                r -= 1
+            while (r + 1) * (r + 1) <= n:
+                r += 1
+            r <<= 16
+            for j in range(D):
+                y = (2 * x[i, j] * c[j] + r) // (2 * r)
+                out[i, j] = min(max(y, -127), 127)
+
+    @_jit
+    def _nb_requant(acc, mult, shift, limit, out):
+        M, N = acc.shape
+        half = np.int64(1) << (shift - 1)
+        for i in nb.prange(M):
+            for j in range(N):
+                y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
+                out[i, j] = min(max(y, -limit), limit)
+
+    @_jit
+    def _nb_residual_add(x, acc, mult, shift, limit, out):
+        M, N = acc.shape
+        half = np.int64(1) << (shift - 1)
+        for i in nb.prange(M):
+            for j in range(N):
+                y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
+                y = min(max(y, -limit), limit) + x[i, j]
+                out[i, j] = min(max(y, -limit), limit)
+
+    @_jit
+    def _nb_gelu(acc, mult, shift, table, out):
+        M, N = acc.shape
+        limit = (table.shape[0] - 1) // 2
+        half = np.int64(1) << (shift - 1)
+        for i in nb.prange(M):
+            for j in range(N):
+                y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
+                out[i, j] = table[min(max(y, -limit), limit) + limit]
+
+    @_jit
+    def _nb_attention(scores, mult, shift, alibi, window, exp, out):
+        R, T, S = scores.shape  # rows = B * H, head = row % H
+        H = alibi.shape[0]
+        maxd = alibi.shape[1] - 1
+        E = exp.shape[0] - 1
+        half = np.int64(1) << (shift - 1)
+        for r in nb.prange(R):
+            h = r % H
+            logits = np.empty(S, np.int64)
+            for t in range(T):
+                q = S - T + t
+                lo = 0 if window == 0 else max(0, q - window + 1)
+                top = np.int64(-(1 << 62))
+                for s in range(lo, q + 1):
+                    v = ((np.int64(scores[r, t, s]) * mult + half) >> shift) - alibi[
+                        h, min(q - s, maxd)
+                    ]
+                    logits[s] = v
+                    top = max(top, v)
+                den = np.int64(0)
+                for s in range(lo, q + 1):
+                    e = exp[min(top - logits[s], E)]
+                    logits[s] = e
+                    den += e
+                for s in range(S):
+                    out[r, t, s] = 0.0
+                for s in range(lo, q + 1):
+                    out[r, t, s] = ((logits[s] << 15) + den // 2) // den
+
+    @_jit
+    def _nb_counts(acc, mult, shift, exp, total, out):
+        M, N = acc.shape
+        E = exp.shape[0] - 1
+        half = np.int64(1) << (shift - 1)
+        lim = np.int64(1) << 40
+        free = total - N
+        for i in nb.prange(M):
+            logits = np.empty(N, np.int64)
+            top = -lim
+            best = 0
+            for j in range(N):
+                v = (np.int64(acc[i, j]) * mult[j] + half) >> shift
+                v = min(max(v, -lim), lim)
+                logits[j] = v
+                if v > top:
+                    top, best = v, j
+            den = np.int64(0)
+            for j in range(N):
+                logits[j] = exp[min(top - logits[j], E)]
+                den += logits[j]
+            used = np.int64(0)
+            for j in range(N):
+                c = 1 + (logits[j] * free) // den
+                out[i, j] = c
+                used += c
+            out[i, best] += total - used
+
+
+PARALLEL_MIN = 1 << 15  # elements below which a kernel runs on one thread
+
+
+def _threads(elements: int) -> None:
+    """Small kernels run on one thread: waking the others costs more than it saves."""
+    nb.set_num_threads(1 if elements < PARALLEL_MIN else nb.config.NUMBA_NUM_THREADS)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+class NumbaKernels:
+    """The same integers as TorchKernels, from fused compiled loops (CPU tensors only)."""
+
+    name = "numba"
+
+    @staticmethod
+    def norm(x, c, eps):
+        xr = _rows(x)
+        _threads(xr.numel())
+        out = torch.empty(xr.shape, dtype=torch.float32)
+        _nb_norm(_np(xr), _np(c), eps, out.numpy())
+        return out.view(x.shape)
+
+    @staticmethod
+    def requant(acc, mult, shift, limit):
+        a = _rows(acc)
+        _threads(a.numel())
+        out = torch.empty(a.shape, dtype=torch.float32)
+        _nb_requant(_np(a), _np(mult.reshape(-1)), shift, limit, out.numpy())
+        return out.view(acc.shape)
+
+    @staticmethod
+    def requant_int(acc, mult, shift, limit):
+        a = _rows(acc)
+        _threads(a.numel())
+        out = torch.empty(a.shape, dtype=torch.int64)
+        _nb_requant(_np(a), _np(mult.reshape(-1)), shift, limit, out.numpy())
+        return out.view(acc.shape)
+
+    @staticmethod
+    def residual_add(x, acc, mult, shift):
+        a, xr = _rows(acc), _rows(x)
+        _threads(a.numel())
+        out = torch.empty(a.shape, dtype=torch.int64)
+        _nb_residual_add(_np(xr), _np(a), _np(mult), shift, RESIDUAL_LIMIT, out.numpy())
+        return out.view(x.shape)
+
+    @staticmethod
+    def gelu(acc, mult, shift, table):
+        a = _rows(acc)
+        _threads(a.numel())
+        out = torch.empty(a.shape, dtype=torch.float32)
+        _nb_gelu(_np(a), _np(mult), shift, _np(table), out.numpy())
+        return out.view(acc.shape)
+
+    @staticmethod
+    def attention_probs(scores, mult, shift, alibi, window, exp):
+        B, H, T, S = scores.shape
+        _threads(scores.numel())
+        out = torch.empty((B * H, T, S), dtype=torch.float32)
+        sc = scores.reshape(B * H, T, S).contiguous()
+        _nb_attention(_np(sc), mult, shift, _np(alibi), window or 0, _np(exp), out.numpy())
+        return out.view(B, H, T, S)
+
+    @staticmethod
+    def counts(acc, mult, shift, exp, total):
+        a = _rows(acc)
+        _threads(a.numel())
+        out = torch.empty(a.shape, dtype=torch.int64)
+        _nb_counts(_np(a), _np(mult), shift, _np(exp), total, out.numpy())
+        return out.view(acc.shape)
+
+
+def kernels_for(device: torch.device):
+    """NumbaKernels on the CPU when numba is installed (unless MEGAZIP_KERNELS=torch),
+    else the reference TorchKernels."""
+    choice = os.environ.get("MEGAZIP_KERNELS", "auto")
+    if device.type == "cpu" and nb is not None and choice != "torch":
+        return NumbaKernels
+    return TorchKernels
