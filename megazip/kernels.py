@@ -1,8 +1,9 @@
 """Integer kernels of the coding model, in two backends that return identical integers.
 
 `TorchKernels` is the reference: plain tensor ops, on any device. `NumbaKernels` fuses
-each step into one compiled loop on the CPU (numba), which removes most of the memory
-traffic of the reference's many int64 elementwise ops. Tests assert both agree exactly.
+each step into one compiled single-threaded loop on the CPU (numba), which removes most
+of the memory traffic of the reference's many int64 elementwise ops (the GEMMs between
+them keep torch's threads; a second thread pool would only fight them). Tests assert both agree exactly.
 
 Conventions: int8-valued activations travel as float32 tensors (ready for the exact
 float32 GEMMs); GEMM accumulators are float32 (K <= 1024, exact) or float64 (sums of
@@ -116,12 +117,12 @@ except ImportError:  # pragma: no cover - numba is a dependency, but stay usable
     nb = None
 
 if nb is not None:
-    _jit = nb.njit(cache=True, nogil=True, fastmath=False, parallel=True)
+    _jit = nb.njit(cache=True, nogil=True, fastmath=False)
 
     @_jit
     def _nb_norm(x, c, eps, out):
         M, D = x.shape
-        for i in nb.prange(M):
+        for i in range(M):
             ss = 0
             for j in range(D):
                 ss += x[i, j] * x[i, j]
@@ -140,7 +141,7 @@ if nb is not None:
     def _nb_requant(acc, mult, shift, limit, out):
         M, N = acc.shape
         half = np.int64(1) << (shift - 1)
-        for i in nb.prange(M):
+        for i in range(M):
             for j in range(N):
                 y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
                 out[i, j] = min(max(y, -limit), limit)
@@ -149,7 +150,7 @@ if nb is not None:
     def _nb_residual_add(x, acc, mult, shift, limit, out):
         M, N = acc.shape
         half = np.int64(1) << (shift - 1)
-        for i in nb.prange(M):
+        for i in range(M):
             for j in range(N):
                 y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
                 y = min(max(y, -limit), limit) + x[i, j]
@@ -160,7 +161,7 @@ if nb is not None:
         M, N = acc.shape
         limit = (table.shape[0] - 1) // 2
         half = np.int64(1) << (shift - 1)
-        for i in nb.prange(M):
+        for i in range(M):
             for j in range(N):
                 y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
                 out[i, j] = table[min(max(y, -limit), limit) + limit]
@@ -172,7 +173,7 @@ if nb is not None:
         maxd = alibi.shape[1] - 1
         E = exp.shape[0] - 1
         half = np.int64(1) << (shift - 1)
-        for r in nb.prange(R):
+        for r in range(R):
             h = r % H
             logits = np.empty(S, np.int64)
             for t in range(T):
@@ -202,7 +203,7 @@ if nb is not None:
         half = np.int64(1) << (shift - 1)
         lim = np.int64(1) << 40
         free = total - N
-        for i in nb.prange(M):
+        for i in range(M):
             logits = np.empty(N, np.int64)
             top = -lim
             best = 0
@@ -224,14 +225,6 @@ if nb is not None:
             out[i, best] += total - used
 
 
-PARALLEL_MIN = 1 << 15  # elements below which a kernel runs on one thread
-
-
-def _threads(elements: int) -> None:
-    """Small kernels run on one thread: waking the others costs more than it saves."""
-    nb.set_num_threads(1 if elements < PARALLEL_MIN else nb.config.NUMBA_NUM_THREADS)
-
-
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -248,7 +241,6 @@ class NumbaKernels:
     @staticmethod
     def norm(x, c, eps):
         xr = _rows(x)
-        _threads(xr.numel())
         out = torch.empty(xr.shape, dtype=torch.float32)
         _nb_norm(_np(xr), _np(c), eps, out.numpy())
         return out.view(x.shape)
@@ -256,7 +248,6 @@ class NumbaKernels:
     @staticmethod
     def requant(acc, mult, shift, limit):
         a = _rows(acc)
-        _threads(a.numel())
         out = torch.empty(a.shape, dtype=torch.float32)
         _nb_requant(_np(a), _np(mult.reshape(-1)), shift, limit, out.numpy())
         return out.view(acc.shape)
@@ -264,7 +255,6 @@ class NumbaKernels:
     @staticmethod
     def requant_int(acc, mult, shift, limit):
         a = _rows(acc)
-        _threads(a.numel())
         out = torch.empty(a.shape, dtype=torch.int64)
         _nb_requant(_np(a), _np(mult.reshape(-1)), shift, limit, out.numpy())
         return out.view(acc.shape)
@@ -272,7 +262,6 @@ class NumbaKernels:
     @staticmethod
     def residual_add(x, acc, mult, shift):
         a, xr = _rows(acc), _rows(x)
-        _threads(a.numel())
         out = torch.empty(a.shape, dtype=torch.int64)
         _nb_residual_add(_np(xr), _np(a), _np(mult), shift, RESIDUAL_LIMIT, out.numpy())
         return out.view(x.shape)
@@ -280,7 +269,6 @@ class NumbaKernels:
     @staticmethod
     def gelu(acc, mult, shift, table):
         a = _rows(acc)
-        _threads(a.numel())
         out = torch.empty(a.shape, dtype=torch.float32)
         _nb_gelu(_np(a), _np(mult), shift, _np(table), out.numpy())
         return out.view(acc.shape)
@@ -288,7 +276,6 @@ class NumbaKernels:
     @staticmethod
     def attention_probs(scores, mult, shift, alibi, window, exp):
         B, H, T, S = scores.shape
-        _threads(scores.numel())
         out = torch.empty((B * H, T, S), dtype=torch.float32)
         sc = scores.reshape(B * H, T, S).contiguous()
         _nb_attention(_np(sc), mult, shift, _np(alibi), window or 0, _np(exp), out.numpy())
@@ -297,7 +284,6 @@ class NumbaKernels:
     @staticmethod
     def counts(acc, mult, shift, exp, total):
         a = _rows(acc)
-        _threads(a.numel())
         out = torch.empty(a.shape, dtype=torch.int64)
         _nb_counts(_np(a), _np(mult), shift, _np(exp), total, out.numpy())
         return out.view(acc.shape)

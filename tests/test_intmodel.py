@@ -1,0 +1,463 @@
+"""The exactness contract of the integer coding model (megazip/intmodel.py).
+
+A range decoder reproduces the input only if it sees exactly the count tables the encoder
+used. These tests demand bit-identical tables (torch.equal) for: the whole sequence in
+any chunking vs byte by byte, one lane vs a batch of many, 1 vs 2 threads, every CPU
+kernel backend, a save/load round trip, and (with a GPU) CPU vs CUDA; on random weights
+and inputs drawn by hypothesis, worst-case bytes and saturated int8 weights included.
+
+The helpers at the top (random_coder, trained_pair, word_text, KINDS) are shared with
+tests/test_container.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from megazip import intmodel
+from megazip.evaluate import float_bits, int_bits
+from megazip.export import export, load_coder, save_coder
+from megazip.intmodel import COUNT_TOTAL, IntMegabyte
+from megazip.model import PRESETS, Megabyte
+
+CFG = PRESETS["test"]  # P = 4, window 16 patches (64 bytes)
+P = CFG.patch_size
+WINDOW_BYTES = CFG.window * P
+SLOW_EXAMPLES = settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a 2-core machine shared with a training job, two threads
+    contend badly. Tests that need two set it themselves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def word_text(seed: int, n: int) -> bytes:
+    """n bytes of word salad from a 20-word vocabulary: a model learns it in a few
+    seconds, while it has few long repeats for zstd to exploit."""
+    rng = random.Random(seed)
+    words = "the of and to in is that for it as with was on be by this are from at or".split()
+    out, size = [], 0
+    while size < n:
+        w = rng.choice(words) + rng.choice([" ", " ", " ", ", ", ". "])
+        out.append(w)
+        size += len(w)
+    return "".join(out).encode()[:n]
+
+
+def special_lane(kind: str, n: int, seed: int = 0) -> list[int]:
+    if kind == "zeros":
+        return [0] * n
+    if kind == "ff":
+        return [255] * n
+    if kind == "alt00ff":
+        return [0, 255] * (n // 2) + [0] * (n % 2)
+    if kind == "alt55aa":
+        return [0x55, 0xAA] * (n // 2) + [0x55] * (n % 2)
+    if kind == "ramp":
+        return [i % 256 for i in range(n)]
+    if kind == "text":
+        return list(word_text(seed, n))
+    raise ValueError(kind)
+
+
+KINDS = ["zeros", "ff", "alt00ff", "alt55aa", "ramp", "text"]
+
+
+def worst_case_lanes(T: int) -> torch.Tensor:
+    rnd = torch.randint(0, 256, (T,), generator=torch.Generator().manual_seed(7)).tolist()
+    return torch.tensor([special_lane(k, T) for k in KINDS] + [rnd], dtype=torch.int64)
+
+
+def perturbed_model(seed: int, scale: float) -> Megabyte:
+    """A float test-preset model with strongly perturbed weights (every path matters)."""
+    torch.manual_seed(seed)
+    m = Megabyte(CFG).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return m
+
+
+@functools.lru_cache(maxsize=32)
+def _random_coder(seed: int, scale: float) -> IntMegabyte:
+    g = torch.Generator().manual_seed(seed + 1)
+    calibration = torch.randint(0, 256, (4, 16 * P), generator=g)
+    return export(perturbed_model(seed, scale), calibration)
+
+
+def clone(coder: IntMegabyte) -> IntMegabyte:
+    """A fresh IntMegabyte on the CPU (IntMegabyte.to mutates its object)."""
+    return IntMegabyte(coder.config, dict(coder.tensors), dict(coder.ints))
+
+
+def random_coder(seed: int = 0, scale: float = 0.2) -> IntMegabyte:
+    """The integer model of a randomly perturbed float model (cached; a fresh object)."""
+    return clone(_random_coder(seed, scale))
+
+
+@functools.lru_cache(maxsize=2)
+def _trained_pair(seed: int = 0, steps: int = 150):
+    """A test-preset float model trained briefly on word_text, and its integer model."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        data = torch.tensor(list(word_text(1000 + seed, 20000)))
+        m = Megabyte(CFG)
+        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+        for _ in range(steps):
+            starts = torch.randint(0, len(data) - 64, (8,))
+            x = torch.stack([data[s : s + 64] for s in starts])
+            _, loss = m(x, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        m.eval()
+        calibration = torch.stack([data[s : s + 64] for s in range(0, 64 * 16, 64)])
+        return m, export(m, calibration)
+    finally:
+        torch.set_num_threads(before)
+
+
+def trained_pair(seed: int = 0):
+    m, coder = _trained_pair(seed)
+    return m, clone(coder)
+
+
+def full_tables(coder: IntMegabyte, lanes: torch.Tensor, chunk_patches: int) -> torch.Tensor:
+    """count_tables concatenated; checks that the chunks' start offsets are contiguous."""
+    parts, at = [], 0
+    for start, counts in coder.count_tables(lanes, chunk_patches):
+        assert start == at, "count_tables chunks are not contiguous"
+        parts.append(counts.cpu())
+        at += counts.shape[1]
+    assert at == lanes.shape[1]
+    return torch.cat(parts, 1)
+
+
+def assert_valid(counts: torch.Tensor, B: int, T: int) -> None:
+    assert counts.dtype == torch.int64
+    assert tuple(counts.shape) == (B, T, 256)
+    assert int(counts.min()) >= 1, "a count table has a zero entry"
+    sums = counts.sum(-1)
+    assert torch.all(sums == COUNT_TOTAL), f"row sums {sums.unique().tolist()} != 2^24"
+
+
+def backends() -> list:
+    """CPU kernel backends IntMegabyte.to(..., kernels=) accepts (None: the default)."""
+    if "kernels" not in inspect.signature(IntMegabyte.to).parameters:
+        return [None]
+    from megazip import kernels
+
+    found = [None]
+    if hasattr(kernels, "TorchKernels"):
+        found.append(kernels.TorchKernels)
+    if hasattr(kernels, "NumbaKernels") and importlib.util.find_spec("numba"):
+        found.append(kernels.NumbaKernels)
+    return found
+
+
+def on_backend(coder: IntMegabyte, kernels) -> IntMegabyte:
+    c = clone(coder)
+    return c if kernels is None else c.to("cpu", kernels=kernels)
+
+
+def _find(name: str):
+    """A helper that lives in megazip.intmodel or (after the kernel split) megazip.kernels."""
+    if hasattr(intmodel, name):
+        return getattr(intmodel, name)
+    from megazip import kernels
+
+    return getattr(kernels, name)
+
+
+# ---------------------------------------------------------------- strategies and inputs
+
+
+@st.composite
+def lane_batches(draw, max_lanes: int = 3, max_patches: int = 40):
+    """(B, T) int64 lanes, T = a multiple of P up to past the global window; each lane is
+    hypothesis bytes or one of the worst-case patterns."""
+    B = draw(st.integers(1, max_lanes))
+    T = draw(st.integers(1, max_patches)) * P
+    lanes = []
+    for _ in range(B):
+        kind = draw(st.sampled_from(["bytes", "bytes", *KINDS]))
+        if kind == "bytes":
+            lanes.append(list(draw(st.binary(min_size=T, max_size=T))))
+        else:
+            lanes.append(special_lane(kind, T, seed=draw(st.integers(0, 99))))
+    return torch.tensor(lanes, dtype=torch.int64)
+
+
+seeds = st.integers(0, 2**16 - 1)
+scales = st.sampled_from([0.05, 0.2, 0.5, 1.0])
+
+
+# --------------------------------------------------------- full vs incremental, batching
+
+
+@SLOW_EXAMPLES
+@given(seed=seeds, scale=scales, lanes=lane_batches())
+def test_full_sequence_in_any_chunking_equals_byte_by_byte(seed, scale, lanes):
+    coder = random_coder(seed, scale)
+    B, T = lanes.shape
+    inc = coder.counts_incremental(lanes).cpu()
+    assert_valid(inc, B, T)
+    for chunk in (1, 3, 64):
+        full = full_tables(coder, lanes, chunk)
+        assert_valid(full, B, T)
+        assert torch.equal(full, inc), f"chunk_patches={chunk} differs from byte by byte"
+
+
+@SLOW_EXAMPLES
+@given(seed=seeds, scale=scales, lanes=lane_batches(max_lanes=5, max_patches=24))
+def test_a_lanes_tables_do_not_depend_on_the_other_lanes(seed, scale, lanes):
+    coder = random_coder(seed, scale)
+    B, T = lanes.shape
+    batch = full_tables(coder, lanes, 64)
+    perm = torch.randperm(B)
+    shuffled = full_tables(coder, lanes[perm], 5)
+    assert torch.equal(shuffled, batch[perm])
+    for i in range(B):
+        alone = full_tables(coder, lanes[i : i + 1], 64)
+        assert torch.equal(alone[0], batch[i]), f"lane {i} changed by its neighbours"
+    # a decoder's view: byte by byte, many lanes at once
+    inc = coder.counts_incremental(torch.cat([lanes, lanes.flip(0)]))
+    assert torch.equal(inc[:B].cpu(), batch)
+    assert torch.equal(inc[B:].cpu(), batch.flip(0))
+
+
+@pytest.mark.parametrize("kernels", backends(), ids=lambda k: getattr(k, "__name__", "default"))
+def test_worst_case_inputs_on_every_backend(kernels):
+    T = WINDOW_BYTES + 12 * P  # past the global window
+    lanes = worst_case_lanes(T)
+    coder = on_backend(random_coder(3, 1.0), kernels)
+    reference = full_tables(random_coder(3, 1.0), lanes, 64)  # default backend
+    assert_valid(reference, *lanes.shape)
+    inc = coder.counts_incremental(lanes).cpu()
+    assert torch.equal(inc, reference)
+    for chunk in (1, 3, 64):
+        assert torch.equal(full_tables(coder, lanes, chunk), reference)
+    for i in range(len(lanes)):
+        assert torch.equal(full_tables(coder, lanes[i : i + 1], 7)[0], reference[i])
+
+
+def saturate(coder: IntMegabyte, pattern: str) -> IntMegabyte:
+    """The same model with every int8 weight tensor (*.w) set to +-127."""
+    tensors = dict(coder.tensors)
+    g = torch.Generator().manual_seed(11)
+    n = 0
+    for name, w in coder.tensors.items():
+        if not name.endswith(".w"):
+            continue
+        n += 1
+        idx = torch.arange(w.numel()).reshape(w.shape)
+        if pattern == "plus":
+            sign = torch.ones(w.shape, dtype=torch.bool)
+        elif pattern == "minus":
+            sign = torch.zeros(w.shape, dtype=torch.bool)
+        elif pattern == "checker":
+            sign = (idx + idx // w.shape[-1]) % 2 == 0
+        else:
+            sign = torch.rand(w.shape, generator=g) < 0.5
+        tensors[name] = torch.where(sign, 127, -127).to(w.dtype)
+    assert n >= 10, "expected int8 weight tensors named *.w"
+    return IntMegabyte(coder.config, tensors, dict(coder.ints))
+
+
+@pytest.mark.parametrize("pattern", ["plus", "minus", "checker", "random"])
+def test_saturated_int8_weights_give_valid_identical_tables(pattern):
+    sat = saturate(random_coder(5, 1.0), pattern)
+    assert sat.content_hash() != random_coder(5, 1.0).content_hash()
+    T = WINDOW_BYTES + 8 * P
+    lanes = worst_case_lanes(T)
+    inc = sat.counts_incremental(lanes).cpu()
+    assert_valid(inc, *lanes.shape)
+    for chunk in (1, 3, 64):
+        assert torch.equal(full_tables(sat, lanes, chunk), inc)
+    for kernels in backends()[1:]:
+        assert torch.equal(full_tables(on_backend(sat, kernels), lanes, 64), inc)
+    assert torch.equal(full_tables(sat, lanes[2:3], 64)[0], inc[2])
+
+
+def test_one_and_two_threads_give_identical_tables():
+    coder = random_coder(9, 0.5)
+    lanes = torch.randint(0, 256, (16, WINDOW_BYTES + 8 * P), generator=torch.Generator().manual_seed(0))
+    lanes[:4] = worst_case_lanes(lanes.shape[1])[:4]
+    before = torch.get_num_threads()
+    numba = None
+    if importlib.util.find_spec("numba"):
+        import numba
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            if numba is not None:
+                numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            full = full_tables(coder, lanes, 64)
+            inc = coder.counts_incremental(lanes[:, : 12 * P]).cpu()
+            results.append((full, inc))
+    finally:
+        torch.set_num_threads(before)
+        if numba is not None:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert torch.get_num_threads() == before
+    (f1, i1), (f2, i2) = results
+    assert_valid(f1, *lanes.shape)
+    assert torch.equal(f1, f2)
+    assert torch.equal(i1, i2)
+    assert torch.equal(i1, f1[:, : 12 * P])
+
+
+def test_tables_survive_save_and_load(tmp_path):
+    coder = random_coder(2, 0.5)
+    path = save_coder(coder, tmp_path / "coder.safetensors")
+    loaded = load_coder(path)
+    assert loaded.content_hash() == coder.content_hash()
+    lanes = worst_case_lanes(10 * P)
+    assert torch.equal(full_tables(loaded, lanes, 3), full_tables(coder, lanes, 64))
+
+
+def test_content_hash_is_stable_and_sees_every_change():
+    a, b = random_coder(4, 0.2), random_coder(4, 0.2)
+    assert a.content_hash() == b.content_hash()
+    assert len(a.content_hash()) == 64 and int(a.content_hash(), 16) >= 0
+    assert random_coder(5, 0.2).content_hash() != a.content_hash()
+    name = sorted(n for n in a.tensors if n.endswith(".mult"))[0]
+    tensors = dict(a.tensors)
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1  # one integer, one unit
+    changed = IntMegabyte(a.config, tensors, dict(a.ints))
+    assert changed.content_hash() != a.content_hash()
+    ints = dict(a.ints)
+    key = sorted(ints)[0]
+    ints[key] += 1
+    assert IntMegabyte(a.config, dict(a.tensors), ints).content_hash() != a.content_hash()
+    assert clone(a).to("cpu").content_hash() == a.content_hash()
+
+
+# ------------------------------------------------------------------- exact primitives
+
+
+def _int8_array(rng: np.random.Generator, shape, mode: str) -> np.ndarray:
+    if mode == "plus":
+        return np.full(shape, 127, dtype=np.int64)
+    if mode == "minus":
+        return np.full(shape, -127, dtype=np.int64)
+    if mode == "extreme":
+        return rng.choice([-127, 127], size=shape).astype(np.int64)
+    return rng.integers(-127, 128, size=shape, dtype=np.int64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    K=st.sampled_from([1, 2, 31, 1023, 1024, 1025, 1500, 2047, 2048, 3000]),
+    M=st.integers(1, 5),
+    N=st.integers(1, 9),
+    xmode=st.sampled_from(["random", "plus", "minus", "extreme"]),
+    wmode=st.sampled_from(["random", "plus", "minus", "extreme"]),
+    xdtype=st.sampled_from([torch.int8, torch.int64, torch.float32]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_int_matmul_is_exact(K, M, N, xmode, wmode, xdtype, seed):
+    int_matmul = _find("int_matmul")
+    rng = np.random.default_rng(seed)
+    x = _int8_array(rng, (M, K), xmode)
+    w = _int8_array(rng, (K, N), wmode)
+    ref = x @ w  # numpy int64: exact
+    out = int_matmul(torch.from_numpy(x).to(xdtype), torch.from_numpy(w).to(torch.float32))
+    assert out.dtype in (torch.int64, torch.float32, torch.float64)
+    assert tuple(out.shape) == (M, N)
+    assert torch.equal(out.to(torch.float64), torch.from_numpy(ref).to(torch.float64))
+
+
+def test_int_matmul_worst_case_sums_past_2_to_the_24():
+    int_matmul = _find("int_matmul")
+    for K in (1024, 1025, 1500, 2048, 4096):
+        x = torch.full((3, K), 127, dtype=torch.int64)
+        w = torch.full((K, 2), 127.0)
+        w[:, 1] = -127.0
+        out = int_matmul(x, w).to(torch.float64)
+        assert out[0, 0].item() == 127 * 127 * K
+        assert out[0, 1].item() == -127 * 127 * K
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 2**62 - 1),
+            st.integers(0, 2**31 - 1).map(lambda s: s * s),
+            st.integers(1, 2**31 - 1).map(lambda s: s * s - 1),
+            st.integers(0, 2**31 - 2).map(lambda s: s * s + 1),
+            st.integers(0, 1000),
+        ),
+        min_size=1,
+        max_size=64,
+    )
+)
+def test_isqrt_is_exact(values):
+    isqrt = _find("isqrt")
+    got = isqrt(torch.tensor(values, dtype=torch.int64))
+    assert got.dtype == torch.int64
+    assert got.tolist() == [math.isqrt(v) for v in values]
+
+
+def test_isqrt_edges():
+    isqrt = _find("isqrt")
+    edges = [0, 1, 2, 3, 4, 2**52, 2**52 + 1, 2**53 - 1, 2**53, 2**53 + 1, 2**62 - 1]
+    for s in (2**26 - 1, 2**26, 2**31 - 1, 3037000499, 94906265, 94906267):
+        edges += [s * s - 1, s * s, s * s + 1] if s * s + 1 < 2**62 else [s * s - 1]
+    edges = [v for v in edges if 0 <= v < 2**62]
+    got = isqrt(torch.tensor(edges, dtype=torch.int64)).tolist()
+    assert got == [math.isqrt(v) for v in edges]
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_tables_equal_cpu_tables():
+    T = WINDOW_BYTES + 8 * P
+    lanes = torch.cat([worst_case_lanes(T), torch.randint(0, 256, (25, T))])
+    for coder in (random_coder(3, 1.0), saturate(random_coder(5, 1.0), "random")):
+        cpu = full_tables(clone(coder), lanes, 64)
+        gpu_model = clone(coder).to("cuda")
+        assert torch.equal(full_tables(gpu_model, lanes, 64), cpu)
+        assert torch.equal(full_tables(gpu_model, lanes, 3), cpu)
+        assert torch.equal(gpu_model.counts_incremental(lanes[:, : 8 * P]).cpu(), cpu[:, : 8 * P])
+
+
+# ---------------------------------------------------------------- integer vs float bits
+
+
+def test_integer_model_bits_within_3_percent_of_float():
+    model, coder = trained_pair()
+    for seed, n in ((2, 1500), (3, 517)):  # lengths past the window, one not a patch multiple
+        sample = word_text(seed, n)
+        fb, ib = float_bits(model, sample), int_bits(coder, sample)
+        assert fb / n < 3.0, f"the float model did not learn: {fb / n:.3f} bits/byte"
+        assert abs(ib - fb) <= 0.03 * fb, f"int {ib / n:.4f} vs float {fb / n:.4f} bits/byte"
