@@ -446,17 +446,33 @@ def train_cmd(ctx, recipe, **opts):
 
 @main.command("models")
 def models_cmd():
-    """List the installed models."""
+    """List the installed models: size, density and speed."""
     from megazip import checkpoint
 
     names = checkpoint.shipped_model_names()
     if not names:
-        click.echo("no shipped models installed")
+        click.echo("no models installed")
+        return
+    click.echo(
+        f"{'name':<8} {'params':>8} {'on disk':>8} {'valid float/int':>16} "
+        f"{'canterbury':>10} {'compress':>10} {'decompress':>10}  description"
+    )
     for name in names:
         meta = checkpoint.read_meta(name)
+        files = checkpoint.shipped_models_dir().glob(f"{name}.*safetensors")
+        size = sum(f.stat().st_size for f in files)
+        dflt = " (default)" if name == checkpoint.DEFAULT_MODEL else ""
+        vf, vi = meta.get("valid_bpb_float"), meta.get("valid_bpb_int")
+        valid = f"{vf:.3f}/{vi:.3f}" if vf and vi else "-"
+        cant = meta.get("canterbury_bpb", {}).get("megazip")
+        c, d = meta.get("compress_kBps"), meta.get("decompress_kBps")
         click.echo(
-            f"{name:<10} {meta.get('params', 0) / 1e6:6.1f} M params  {meta.get('description', '')}"
+            f"{name:<8} {meta.get('params', 0) / 1e6:>7.1f}M {size / 1e6:>6.1f}MB {valid:>16} "
+            f"{(f'{cant:.3f}' if cant else '-'):>10} "
+            f"{(f'{c:.1f} KB/s' if c else '-'):>10} {(f'{d:.1f} KB/s' if d else '-'):>10}  "
+            f"{meta.get('description', '')}{dflt}"
         )
+    click.echo("bits/byte: validation split (float/integer model), Canterbury (real .mgz size)")
 
 
 if __name__ == "__main__":

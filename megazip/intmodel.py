@@ -39,6 +39,14 @@ OUT_UNIT = 64  # output logits in 1/64 nat
 OUT_EXP_BITS = 30
 
 
+def exact_float32_matmuls() -> None:
+    """Make float32 GEMMs full precision (no TF32 or bf16 shortcuts), which the integer
+    model's exactness needs. Called whenever an IntMegabyte is placed on a device."""
+    if torch.get_float32_matmul_precision() != "highest":
+        torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def int_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Exact x @ w for integer-valued x (..., K), |x| <= 127, and w (K, N) float32 holding
     integers, |w| <= 127. Returns float32 (K <= GEMM_BLOCK: every partial sum < 2^24) or
@@ -144,6 +152,7 @@ class IntMegabyte:
         self.device = torch.device("cpu")
         self.kernels = kernels_for(self.device)
         self._hash: str | None = None
+        exact_float32_matmuls()
         self._build()
 
     # -- construction from the flat tensor dict
@@ -202,6 +211,7 @@ class IntMegabyte:
         backend (megazip.kernels.TorchKernels or NumbaKernels); default: the fastest."""
         device = torch.device(device)
         kernels = kernels or kernels_for(device)
+        exact_float32_matmuls()
         if device != self.device or kernels is not self.kernels:
             self.device, self.kernels = device, kernels
             self._build()

@@ -3,7 +3,8 @@
 `TorchKernels` is the reference: plain tensor ops, on any device. `NumbaKernels` fuses
 each step into one compiled single-threaded loop on the CPU (numba), which removes most
 of the memory traffic of the reference's many int64 elementwise ops (the GEMMs between
-them keep torch's threads; a second thread pool would only fight them). Tests assert both agree exactly.
+them keep torch's threads; a second thread pool would only fight them). Tests assert
+both agree exactly.
 
 Conventions: int8-valued activations travel as float32 tensors (ready for the exact
 float32 GEMMs); GEMM accumulators are float32 (K <= 1024, exact) or float64 (sums of
