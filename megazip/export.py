@@ -135,7 +135,8 @@ class _Exporter:
 
     def norm(self, name: str, residual_scale: float) -> torch.Tensor:
         """Integer norm constants; returns the effective per-channel output scale."""
-        s = self.r[name].clamp(min=1e-4) / 127
+        # floor the scale so that c <= 2^30: then 2 * x * c < 2^57 for |x| <= 2^26
+        s = self.r[name].clamp(min=127 * 2.0**-14) / 127
         c = torch.round(2.0**16 / s).to(torch.int64)
         self.t[f"{name}.c"] = c
         self.ints[f"{name}.eps"] = max(1, round(1e-6 / residual_scale**2))
