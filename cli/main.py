@@ -37,6 +37,8 @@ class MegazipGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("megazip: interrupted", err=True)
             sys.exit(130)
+        except MemoryError:
+            raise UserError("out of memory") from None
         except (ModelNotFound, FileNotFoundError, IsADirectoryError, ValueError) as e:
             # includes container.FormatError and container.ModelMismatch
             raise UserError(str(e)) from None

@@ -79,12 +79,12 @@ def decode_block(
     B = len(lengths)
     T = -(-max(1, max(lengths)) // P) * P
     dev = coder.device
-    out = torch.zeros(B, T, dtype=torch.int64, device=dev)
+    out = torch.zeros(B, T, dtype=torch.uint8, device=dev)  # one byte per decoded byte
     lens = torch.tensor(lengths, dtype=torch.int64, device=dev)
     state = coder.new_state(B)
     with torch.no_grad():
         for k in range(T // P):
-            prev = out[:, (k - 1) * P : k * P] if k else out[:, :P]
+            prev = (out[:, (k - 1) * P : k * P] if k else out[:, :P]).long()
             ctx = coder.global_context(state, prev.reshape(B, 1, P))[:, 0]  # (B, P, L)
             coder.begin_patch(state)
             prev_byte = torch.full((B,), PAD_BYTE, dtype=torch.int64, device=dev)
@@ -97,13 +97,13 @@ def decode_block(
                     break
                 probs = counts[active].to("cpu", torch.float64).numpy()
                 sym = dec.decode(FAMILY, probs)
-                byte = torch.from_numpy(sym.astype(np.int64)).to(dev)
+                byte = torch.from_numpy(sym.astype(np.uint8)).to(dev)
                 if n == B:
                     out[:, t] = byte
                 else:
                     out[active, t] = byte
-                prev_byte = out[:, t]
+                prev_byte = out[:, t].long()
                 if progress:
                     progress(n)
-    host = out.to("cpu", torch.uint8).numpy()
+    host = out.cpu().numpy()
     return [host[i, :n].tobytes() for i, n in enumerate(lengths)]
