@@ -17,6 +17,8 @@ import constriction
 import numpy as np
 import torch
 
+from . import adaptive as adaptive_stage
+from .adaptive import LaneModels
 from .intmodel import COUNT_BITS, PAD_BYTE, IntMegabyte
 
 FAMILY = constriction.stream.model.Categorical(perfect=False)
@@ -43,17 +45,29 @@ def encode_block(
     segments: list[bytes],
     chunk_patches: int = 64,
     progress: Callable[[int], None] | None = None,
+    adaptive: bool = True,
+    prior_bits: list[float] | None = None,
 ) -> tuple[bytes, list[float]]:
-    """Encode up to G non-empty segments as one stream. Returns (stream bytes, ideal code
-    length of each segment in bits). `progress` is called with the bytes done."""
+    """Encode up to G non-empty segments as one stream, with the adaptive stage
+    (megazip/adaptive.py) after the model unless adaptive=False. Returns (stream bytes,
+    ideal code length of each segment in bits under the final tables). If `prior_bits`
+    is a list, the model-alone code length of each segment is appended to it.
+    `progress` is called with the bytes done."""
     lanes, lengths = lanes_tensor(segments, coder.config.patch_size)
     enc = constriction.stream.queue.RangeEncoder()
     bits = torch.zeros(len(segments), dtype=torch.float64)
+    prior = torch.zeros(len(segments), dtype=torch.float64)
+    models = LaneModels(len(segments), lanes.shape[1]) if adaptive else None
     for start, counts in coder.count_tables(lanes, chunk_patches):
         counts = counts.cpu()
         C = counts.shape[1]
         sym = lanes[:, start : start + C]
         active = lengths[:, None] > torch.arange(start, start + C)  # (B, C)
+        prior += (code_bits(counts, sym) * active).sum(1)
+        if models is not None:
+            counts = torch.from_numpy(
+                adaptive_stage.mix_chunk(models, counts.numpy(), sym.numpy(), active.numpy())
+            )
         bits += (code_bits(counts, sym) * active).sum(1)
         order = active.t()  # position-major: (C, B)
         probs = counts.transpose(0, 1)[order].to(torch.float64).numpy()
@@ -62,6 +76,8 @@ def encode_block(
             enc.encode(symbols, FAMILY, probs)
         if progress:
             progress(int(active.sum()))
+    if prior_bits is not None:
+        prior_bits.extend(prior.tolist())
     return enc.get_compressed().tobytes(), bits.tolist()
 
 
@@ -70,8 +86,10 @@ def decode_block(
     stream: bytes,
     lengths: list[int],
     progress: Callable[[int], None] | None = None,
+    adaptive: bool = True,
 ) -> list[bytes]:
-    """Decode the lanes of one block from `stream`, given each lane's length."""
+    """Decode the lanes of one block from `stream`, given each lane's length (and whether
+    the encoder used the adaptive stage)."""
     P = coder.config.patch_size
     if len(stream) % 4:
         raise ValueError("corrupt stream: length is not a multiple of 4")
@@ -82,6 +100,7 @@ def decode_block(
     out = torch.zeros(B, T, dtype=torch.uint8, device=dev)  # one byte per decoded byte
     lens = torch.tensor(lengths, dtype=torch.int64, device=dev)
     state = coder.new_state(B)
+    models = LaneModels(B, T) if adaptive else None
     with torch.no_grad():
         for k in range(T // P):
             prev = (out[:, (k - 1) * P : k * P] if k else out[:, :P]).long()
@@ -95,7 +114,12 @@ def decode_block(
                 n = int(active.sum())
                 if n == 0:
                     break
-                probs = counts[active].to("cpu", torch.float64).numpy()
+                if models is not None:
+                    act = active.cpu().numpy()
+                    final = adaptive_stage.mix(models, counts.cpu().numpy(), act)
+                    probs = final[act].astype(np.float64)
+                else:
+                    probs = counts[active].to("cpu", torch.float64).numpy()
                 sym = dec.decode(FAMILY, probs)
                 byte = torch.from_numpy(sym.astype(np.uint8)).to(dev)
                 if n == B:
@@ -103,6 +127,8 @@ def decode_block(
                 else:
                     out[active, t] = byte
                 prev_byte = out[:, t].long()
+                if models is not None:
+                    adaptive_stage.update(models, out[:, t].cpu().numpy(), act)
                 if progress:
                     progress(n)
     host = out.cpu().numpy()

@@ -32,6 +32,8 @@ from .intmodel import IntMegabyte
 
 MAGIC = b"\x89MGZ"
 VERSION = 1
+FLAG_ADAPTIVE = 1  # model segments use the adaptive stage (megazip/adaptive.py, version 1)
+KNOWN_FLAGS = FLAG_ADAPTIVE
 STORED, ZSTD, MODEL = 0, 1, 2
 METHOD_NAMES = {STORED: "stored", ZSTD: "zstd", MODEL: "model"}
 ZSTD_LEVEL = 19
@@ -67,6 +69,7 @@ class Header:
     lanes: int  # G: segments per block
     segments: list[Segment]
     blocks: list[int]  # stream bytes of each block that holds model segments
+    flags: int = 0
     size: int = 0  # header bytes, CRC included
 
     def block_members(self) -> list[list[int]]:
@@ -89,7 +92,7 @@ class Header:
 def _pack_header(h: Header) -> bytes:
     name = h.model_name.encode()[:255]
     out = bytearray(MAGIC)
-    out += struct.pack("<BBB", VERSION, 0, len(name)) + name + h.model_hash
+    out += struct.pack("<BBB", VERSION, h.flags, len(name)) + name + h.model_hash
     out += struct.pack("<Q", h.length) + h.sha256
     out += struct.pack("<IHI", h.segment_size, h.lanes, len(h.segments))
     for s in h.segments:
@@ -121,9 +124,11 @@ def read_header(blob: bytes) -> Header:
     r = _Reader(blob)
     if len(blob) < 4 or r.take(4) != MAGIC:
         raise FormatError("not a megazip file (bad magic)")
-    version, _flags, n = r.unpack("<BBB")
+    version, flags, n = r.unpack("<BBB")
     if version != VERSION:
         raise FormatError(f"unsupported format version {version} (this megazip reads {VERSION})")
+    if flags & ~KNOWN_FLAGS:
+        raise FormatError(f"unsupported feature flags {flags:#04x}")
     name = r.take(n).decode(errors="replace")
     model_hash = r.take(32)
     (length,) = r.unpack("<Q")
@@ -148,7 +153,7 @@ def read_header(blob: bytes) -> Header:
     (crc,) = r.unpack("<I")
     if crc != zlib.crc32(blob[: r.pos - 4]):
         raise FormatError("corrupt header (CRC mismatch)")
-    h = Header(name, model_hash, length, sha, seg_size, lanes, segments, blocks, r.pos)
+    h = Header(name, model_hash, length, sha, seg_size, lanes, segments, blocks, flags, r.pos)
     if sum(s.length for s in segments) != length:
         raise FormatError("corrupt header (segment lengths do not add up)")
     if len(h.block_members()) != nblocks:
@@ -177,10 +182,13 @@ def compress(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     stats: dict | None = None,
+    adaptive: bool = True,
 ) -> bytes:
-    """Compress `data` with a model (shipped name, checkpoint path, or IntMegabyte).
-    `stats`, if given, is filled with: model_bits (ideal code length of model segments),
-    model_bytes (their coded size), and the method of each segment."""
+    """Compress `data` with a model (shipped name, checkpoint path, or IntMegabyte),
+    followed by the adaptive stage unless adaptive=False. `stats`, if given, is filled
+    with: model_bits (ideal code length of the model segments under the final tables),
+    prior_bits (the same under the model alone), model_bytes (their coded size),
+    methods (of each segment) and header_bytes."""
     coder, name = _coder(model, device)
     data = bytes(data)
     seg = segment_size or default_segment_size(len(data), lanes, coder.config.patch_size)
@@ -189,10 +197,17 @@ def compress(
     pieces = [data[i : i + seg] for i in range(0, len(data), seg)]
     zpieces = [zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(p) for p in pieces]
     segments, payloads, blocks, streams = [], [], [], []
-    model_bits = 0.0
+    model_bits = prior_total = 0.0
     for b0 in range(0, len(pieces), lanes):
         idx = list(range(b0, min(b0 + lanes, len(pieces))))
-        stream, bits = encode_block(coder, [pieces[i] for i in idx], progress=progress)
+        prior: list[float] = []
+        stream, bits = encode_block(
+            coder,
+            [pieces[i] for i in idx],
+            progress=progress,
+            adaptive=adaptive,
+            prior_bits=prior,
+        )
         model_cost = {i: b / 8 + STREAM_OVERHEAD for i, b in zip(idx, bits, strict=True)}
         chosen = {}
         for i in idx:
@@ -200,13 +215,17 @@ def compress(
             chosen[i] = min(costs, key=lambda m: (costs[m], m))
         members = [i for i in idx if chosen[i] == MODEL]
         if members and len(members) < len(idx):  # re-code the block without the others
-            stream, bits = encode_block(coder, [pieces[i] for i in members])
+            prior = []
+            stream, bits = encode_block(
+                coder, [pieces[i] for i in members], adaptive=adaptive, prior_bits=prior
+            )
         elif members:
             bits = [model_cost[i] * 8 - STREAM_OVERHEAD * 8 for i in members]
         if members:
             blocks.append(len(stream))
             streams.append(stream)
             model_bits += sum(bits)
+            prior_total += sum(prior)
         for i in idx:
             payload = {MODEL: b"", ZSTD: zpieces[i], STORED: pieces[i]}[chosen[i]]
             segments.append(Segment(chosen[i], len(pieces[i]), len(payload)))
@@ -220,6 +239,7 @@ def compress(
         lanes,
         segments,
         blocks,
+        FLAG_ADAPTIVE if adaptive else 0,
     )
     blob = _pack_header(header) + b"".join(payloads) + b"".join(streams)
     whole = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
@@ -232,11 +252,12 @@ def compress(
         )
         body = whole if one.method == ZSTD else data
         blob = _pack_header(header) + body
-        streams, model_bits = [], 0.0
+        streams, model_bits, prior_total = [], 0.0, 0.0
     if stats is not None:
         hdr = read_header(blob)
         stats.update(
             model_bits=model_bits,
+            prior_bits=prior_total,
             model_bytes=sum(hdr.blocks),
             methods=[METHOD_NAMES[s.method] for s in hdr.segments],
             header_bytes=hdr.size,
@@ -288,7 +309,13 @@ def decompress(
     for group, size in zip(members, h.blocks, strict=True):
         stream = blob[pos : pos + size]
         pos += size
-        lanes = decode_block(coder, stream, [h.segments[i].length for i in group], progress)
+        lanes = decode_block(
+            coder,
+            stream,
+            [h.segments[i].length for i in group],
+            progress,
+            adaptive=bool(h.flags & FLAG_ADAPTIVE),
+        )
         for i, lane in zip(group, lanes, strict=True):
             out[i] = lane
     data = b"".join(out)
