@@ -32,7 +32,7 @@ from machine import describe, markdown  # noqa: E402
 import megazip  # noqa: E402
 from megazip import checkpoint  # noqa: E402
 from megazip.data import ByteWindows, list_files, read_bytes  # noqa: E402
-from megazip.evaluate import float_bits, int_bits  # noqa: E402
+from megazip.evaluate import float_bits, int_code_lengths  # noqa: E402
 from megazip.export import load_coder  # noqa: E402
 from megazip.train import LN2  # noqa: E402
 
@@ -100,12 +100,13 @@ def main(argv=None):
         t = time.perf_counter()
         assert megazip.decompress(blob) == data, f"round trip failed on {f.name}"
         t_d = time.perf_counter() - t
+        prior_bits, adaptive_bits = int_code_lengths(coder, data)
         row = {
             "file": f.name,
             "bytes": len(data),
             "float": float_bits(model, data) / len(data),
-            "int": int_bits(coder, data) / len(data),
-            "adaptive": int_bits(coder, data, adaptive=True) / len(data),
+            "int": prior_bits / len(data),
+            "adaptive": adaptive_bits / len(data),
             "megazip": 8 * len(blob) / len(data),
             "megazip_bytes": len(blob),
             "compress_s": t_c,

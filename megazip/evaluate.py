@@ -78,25 +78,30 @@ def evaluate(
 
 
 @torch.no_grad()
-def int_bits(coder, data: bytes, adaptive: bool = False) -> float:
-    """Ideal code length of `data` in bits under the integer coding model (one lane, as
-    the coder would code a single segment holding all of `data`), after the adaptive
-    stage if `adaptive`."""
+def int_code_lengths(coder, data: bytes) -> tuple[float, float]:
+    """(bits under the integer model alone, bits after the adaptive stage) for `data` as
+    one lane, i.e. as the coder would code a single segment holding all of it."""
     from .adaptive import LaneModels, mix_chunk
     from .coder import code_bits, lanes_tensor
 
     if not data:
-        return 0.0
+        return 0.0, 0.0
     lanes, _ = lanes_tensor([data], coder.config.patch_size)
-    models = LaneModels(1, lanes.shape[1]) if adaptive else None
-    total = 0.0
+    models = LaneModels(1, lanes.shape[1])
+    prior = final = 0.0
     for start, counts in coder.count_tables(lanes, chunk_patches=256):
         n = min(counts.shape[1], len(data) - start)
         if n <= 0:
             break
         counts, sym = counts[:, :n].cpu(), lanes[:, start : start + n]
-        if models is not None:
-            active = torch.ones_like(sym, dtype=torch.bool).numpy()
-            counts = torch.from_numpy(mix_chunk(models, counts.numpy(), sym.numpy(), active))
-        total += code_bits(counts, sym).sum().item()
-    return total
+        prior += code_bits(counts, sym).sum().item()
+        active = torch.ones_like(sym, dtype=torch.bool).numpy()
+        mixed = torch.from_numpy(mix_chunk(models, counts.numpy(), sym.numpy(), active))
+        final += code_bits(mixed, sym).sum().item()
+    return prior, final
+
+
+def int_bits(coder, data: bytes, adaptive: bool = False) -> float:
+    """Ideal code length of `data` in bits under the integer coding model (one lane),
+    after the adaptive stage if `adaptive`."""
+    return int_code_lengths(coder, data)[1 if adaptive else 0]
