@@ -23,6 +23,13 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(PY) -m megazip.demo
 
+# benchmark tables and plots (megazip bench); e.g. make bench BENCH_FLAGS='--device cuda'
+CORPORA     ?= ../shared/corpora
+BENCH_FLAGS ?=
+bench: $(STAMP)
+	$(VENV)/bin/megazip bench $(CORPORA)/canterbury --format md --out bench/results --plot $(BENCH_FLAGS)
+	$(VENV)/bin/megazip bench $(CORPORA)/brotli_testdata --format md --out bench/results --plot $(BENCH_FLAGS)
+
 corpus:
 	$(PYTHON) bench/corpus.py build --out data/corpus
 

@@ -1,39 +1,9 @@
-"""A description of the machine a benchmark ran on, for its results files."""
+"""A description of the machine a benchmark ran on, for its results files.
 
-from __future__ import annotations
+The helpers live in megazip.bench (so the `megazip bench` command has them); this module
+keeps `from machine import describe, markdown` working for the scripts in bench/.
+"""
 
-import os
-import platform
-from pathlib import Path
+from megazip.bench import cpu_model, describe, markdown
 
-import torch
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux, else platform.processor())."""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def describe(device: str = "cpu") -> dict:
-    """CPU model, cores, OS, Python and torch versions, and the device used."""
-    d = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        d["gpu"] = torch.cuda.get_device_name()
-    return d
-
-
-def markdown(d: dict) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in d.items())
+__all__ = ["cpu_model", "describe", "markdown"]

@@ -386,6 +386,88 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
         click.echo(f"{r[0].path:<{width}}  {r[0].bytes:>10,}{cells}")
 
 
+@main.command("bench")
+@click.argument("paths", nargs=-1, required=True)
+@click.option(
+    "--codecs",
+    default=None,
+    help="Comma-separated: gzip-9,bzip2-9,xz-9e,zstd-3,zstd-19,zstd-22-long,brotli-11,"
+    "zpaq-m5,7z-ppmd,megazip (default: all; those not installed are skipped).",
+)
+@click.option(
+    "-m", "--model", "model_name", default=None, help="Shipped model name or checkpoint folder."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True
+)
+@click.option("--out", "out_dir", help="Also write NAME.FORMAT and NAME.json into this folder.")
+@click.option("--plot", is_flag=True, help="With --out: NAME.png and NAME_speed.png too.")
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Runs per file and codec (default: up to 3 within 1 s; megazip 1).",
+)
+@click.option("--ideal", is_flag=True, help="megazip: also score whole files (one more pass).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
+def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ideal, quiet):
+    """Compare megazip with classical codecs: size, bits/byte, speed, memory.
+
+    NAME is the input folder's name. Every result is verified by a round trip. On
+    Ctrl-C the rows measured so far are still printed and saved (exit status 130)."""
+    from tqdm import tqdm
+
+    from megazip import bench, checkpoint
+
+    names, unavailable = bench.parse_codecs(codecs)
+    if plot:
+        if not out_dir:
+            raise UserError("--plot needs --out DIR")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs matplotlib: pip install 'megazip[plot]'") from None
+    if codecs and unavailable and not quiet:
+        for n, why in unavailable.items():
+            click.echo(f"megazip: skipping {n}: {why}", err=True)
+    files = bench.inputs(paths)
+    bar = tqdm(
+        total=len(files) * len(names),
+        unit="run",
+        file=sys.stderr,
+        leave=False,
+        disable=quiet or not sys.stderr.isatty(),
+    )
+    try:
+        doc = bench.run(
+            paths,
+            names,
+            model=model_name or checkpoint.DEFAULT_MODEL,
+            device=_device(device),
+            repeat=repeat,
+            ideal=ideal,
+            unavailable=unavailable,
+            on_start=lambda path, codec: bar.set_postfix_str(f"{path} {codec}"),
+            on_result=lambda path, codec, row: bar.update(1),
+        )
+    finally:
+        bar.close()
+    name = bench.report_name(paths)
+    click.echo(bench.render(doc, fmt, name), nl=False)
+    if out_dir:
+        written = bench.save(doc, out_dir, name, fmt)
+        if plot and not doc["interrupted"]:
+            written += bench.plot(doc, out_dir, name)
+        if not quiet:
+            click.echo(f"megazip: wrote {', '.join(map(str, written))}", err=True)
+    if doc["interrupted"]:
+        click.echo("megazip: interrupted (partial results)", err=True)
+        sys.exit(130)
+
+
 @main.command("train")
 @click.option("--recipe", help="A named recipe (tiny, small): fixes model, data and schedule.")
 @click.option("--data", "-d", multiple=True, help="Training files or folders (repeatable).")
