@@ -334,7 +334,7 @@ def info_cmd(files):
     "--int",
     "use_int",
     is_flag=True,
-    help="Also score with the integer coding model (the coder's tables).",
+    help="Also score the integer coding model alone and with the adaptive stage.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -344,7 +344,7 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
 
     from megazip import checkpoint
     from megazip.data import list_files
-    from megazip.evaluate import evaluate, int_bits
+    from megazip.evaluate import FileScore, evaluate, int_code_lengths
 
     dev = _device(device)
     model, _ = checkpoint.load(model_name, dev)
@@ -356,9 +356,16 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     )
     columns = {"float": evaluate(model, files, dev, on_file=lambda s: bar.update(1))}
     if coder is not None:
-        columns["int"] = evaluate(
-            lambda d: int_bits(coder, d), files, on_file=lambda s: bar.update(1)
-        )
+        pairs: list[tuple[float, float]] = []  # (integer model, + adaptive stage) per file
+
+        def score(data):
+            pairs.append(int_code_lengths(coder, data))
+            return pairs[-1][0]
+
+        scores, total = evaluate(score, files, on_file=lambda s: bar.update(1))
+        columns["int"] = (scores, total)
+        adaptive = [FileScore(s.path, s.bytes, p[1]) for s, p in zip(scores, pairs, strict=True)]
+        columns["adaptive"] = (adaptive, FileScore("total", total.bytes, sum(p[1] for p in pairs)))
     bar.close()
     names = list(columns)
     if as_json:
