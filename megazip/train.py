@@ -70,7 +70,7 @@ RECIPES: dict[str, dict] = {
         eval_every=250,
         save_every=250,
     ),
-    # one H200, <= 8 minutes (bf16 autocast)
+    # one data-centre GPU, about 8 minutes (bf16 autocast)
     "small": dict(
         model="small",
         data=["data/corpus/train"],
