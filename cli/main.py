@@ -95,9 +95,10 @@ def _read_input(path: str) -> bytes:
     return p.read_bytes()
 
 
-def _write_output(path: str | None, data: bytes, force: bool) -> None:
+def _write_output(path: str | None, data: bytes, force: bool, like: str = "-") -> None:
     """Write to stdout (path None) or atomically to `path`: a temporary file in the same
-    folder, renamed over the target only once it is complete."""
+    folder, renamed over the target only once it is complete. The file gets the
+    permissions of the input `like` (or 0666 less the umask for stdin), as gzip does."""
     if path is None:
         if sys.stdout.isatty() and data[:4] == b"\x89MGZ":
             raise UserError("refusing to write compressed data to a terminal (use -o or -c |)")
@@ -111,10 +112,19 @@ def _write_output(path: str | None, data: bytes, force: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _mode_like(like))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_like(path: str) -> int:
+    if path != "-" and Path(path).is_file():
+        return Path(path).stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _outputs(files, output, stdout, suffix_fn) -> list[str | None]:
@@ -220,7 +230,7 @@ def compress_cmd(
             close()
         if remove and f != "-" and container.decompress(blob, model, device=dev) != data:
             raise UserError(f"{f}: verification failed; input kept")
-        _write_output(o, blob, force)
+        _write_output(o, blob, force, like=f)
         if not quiet:
             z = len(zstandard.ZstdCompressor(level=container.ZSTD_LEVEL).compress(data))
             click.echo(_summary(f if f != "-" else "stdin", len(data), len(blob), z), err=True)
@@ -259,7 +269,7 @@ def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, 
             data = container.decompress(blob, model_name, device=dev, progress=update)
         finally:
             close()
-        _write_output(o, data, force)
+        _write_output(o, data, force, like=f)
         if verbose:
             click.echo(f"{f}: {len(blob):,} -> {len(data):,} bytes", err=True)
         if remove and f != "-":

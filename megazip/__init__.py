@@ -7,6 +7,19 @@ True
 
 __version__ = "0.1.0"
 
-from .container import compress, decompress  # noqa: E402
+
+def compress(data: bytes, model=None, **options) -> bytes:
+    """Compress bytes to a .mgz blob (see megazip.container.compress for options)."""
+    from . import container
+
+    return container.compress(data, model or container.checkpoint.DEFAULT_MODEL, **options)
+
+
+def decompress(blob: bytes, model=None, **options) -> bytes:
+    """Decompress a .mgz blob (see megazip.container.decompress for options)."""
+    from . import container
+
+    return container.decompress(blob, model, **options)
+
 
 __all__ = ["compress", "decompress", "__version__"]

@@ -25,7 +25,7 @@ from .intmodel import COUNT_BITS, COUNT_TOTAL
 
 ADAPTIVE_VERSION = 1
 MIN_MATCH = 6  # bytes hashed to find a match
-HASH_BITS = 16  # hash table entries per lane: 2^16
+HASH_BITS = 16  # at most 2^16 hash table entries per lane (fewer for short lanes)
 MAX_LEN = 24  # match lengths are bucketed 0..MAX_LEN
 PROB_BITS = 16  # learned probabilities in 1/2^16
 RATE = 7  # table update: p += (target - p) >> min(count + 1, RATE)
@@ -41,7 +41,8 @@ class LaneModels:
     def __init__(self, lanes: int, capacity: int):
         self.hist = np.zeros((lanes, max(capacity, 1)), np.uint8)  # each lane's bytes so far
         self.length = np.zeros(lanes, np.int64)
-        self.table = np.zeros((lanes, 1 << HASH_BITS), np.int32)  # end of context, or 0
+        bits = min(HASH_BITS, max(10, int(capacity).bit_length()))  # memory ~ lane length
+        self.table = np.zeros((lanes, 1 << bits), np.int32)  # end of context, or 0
         self.ptr = np.zeros(lanes, np.int64)  # position of the predicted byte, or -1
         self.ptr -= 1
         self.mlen = np.zeros(lanes, np.int64)
@@ -99,7 +100,7 @@ def _hash(hist, b, end):
     for i in range(end - MIN_MATCH, end):
         h = (h << np.uint64(8)) | np.uint64(hist[b, i])
     h = h * np.uint64(0x9E3779B97F4A7C15)
-    return np.int64(h >> np.uint64(64 - HASH_BITS))
+    return np.int64(h >> np.uint64(64 - HASH_BITS))  # callers mask to their table size
 
 
 @_jit
@@ -123,7 +124,7 @@ def _update_one(sym, b, hist, length, table, ptr, mlen, apm, pending):
         mlen[b] = 0
     n = t + 1
     if n >= MIN_MATCH:
-        h = _hash(hist, b, n)
+        h = _hash(hist, b, n) & (table.shape[1] - 1)
         if ptr[b] < 0:
             cand = np.int64(table[b, h])  # where this context ended before (0: never)
             if cand > 0:
@@ -166,8 +167,8 @@ def _encode_chunk(counts, symbols, active, out, hist, length, table, ptr, mlen, 
 
 def mix(models: LaneModels, counts: np.ndarray, active: np.ndarray) -> np.ndarray:
     """Decoder side: final counts (B, 256) int64 for the next byte of every active lane
-    (rows of inactive lanes are left zero). Call update() with the decoded bytes next."""
-    out = np.zeros_like(counts)
+    (inactive lanes keep the prior's rows). Call update() with the decoded bytes next."""
+    out = counts.copy()
     _mix_step(counts, active, out, *models.arrays())
     return out
 
@@ -179,7 +180,8 @@ def update(models: LaneModels, symbols: np.ndarray, active: np.ndarray) -> None:
 
 def mix_chunk(models: LaneModels, counts: np.ndarray, symbols: np.ndarray, active: np.ndarray):
     """Encoder side: final counts (B, C, 256) for a chunk of C positions whose bytes are
-    known (B, C), mixing and learning position by position exactly as the decoder."""
-    out = np.zeros_like(counts)
+    known (B, C), mixing and learning position by position exactly as the decoder
+    (inactive positions keep the prior's rows)."""
+    out = counts.copy()
     _encode_chunk(counts, symbols, active, out, *models.arrays())
     return out

@@ -63,12 +63,12 @@ def encode_block(
         C = counts.shape[1]
         sym = lanes[:, start : start + C]
         active = lengths[:, None] > torch.arange(start, start + C)  # (B, C)
-        prior += (code_bits(counts, sym) * active).sum(1)
+        prior += torch.where(active, code_bits(counts, sym), 0.0).sum(1)
         if models is not None:
             counts = torch.from_numpy(
                 adaptive_stage.mix_chunk(models, counts.numpy(), sym.numpy(), active.numpy())
             )
-        bits += (code_bits(counts, sym) * active).sum(1)
+        bits += torch.where(active, code_bits(counts, sym), 0.0).sum(1)
         order = active.t()  # position-major: (C, B)
         probs = counts.transpose(0, 1)[order].to(torch.float64).numpy()
         symbols = sym.t()[order].to(torch.int32).numpy()
@@ -78,7 +78,7 @@ def encode_block(
             progress(int(active.sum()))
     if prior_bits is not None:
         prior_bits.extend(prior.tolist())
-    return enc.get_compressed().tobytes(), bits.tolist()
+    return enc.get_compressed().astype("<u4").tobytes(), bits.tolist()
 
 
 def decode_block(
@@ -93,7 +93,8 @@ def decode_block(
     P = coder.config.patch_size
     if len(stream) % 4:
         raise ValueError("corrupt stream: length is not a multiple of 4")
-    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(stream, dtype=np.uint32).copy())
+    words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)  # little-endian on disk
+    dec = constriction.stream.queue.RangeDecoder(words)
     B = len(lengths)
     T = -(-max(1, max(lengths)) // P) * P
     dev = coder.device

@@ -150,6 +150,8 @@ def read_header(blob: bytes) -> Header:
     if nblocks * 4 > len(blob) - r.pos:
         raise FormatError("truncated file")
     blocks = [r.unpack("<I")[0] for _ in range(nblocks)]
+    if any(b % 4 for b in blocks):
+        raise FormatError("corrupt header (stream size is not whole 32-bit words)")
     (crc,) = r.unpack("<I")
     if crc != zlib.crc32(blob[: r.pos - 4]):
         raise FormatError("corrupt header (CRC mismatch)")
@@ -221,6 +223,8 @@ def compress(
             )
         elif members:
             bits = [model_cost[i] * 8 - STREAM_OVERHEAD * 8 for i in members]
+        if members and len(stream) >= 1 << 32:
+            raise ValueError("a block's stream exceeds 4 GiB: use fewer lanes or segments")
         if members:
             blocks.append(len(stream))
             streams.append(stream)
@@ -243,7 +247,7 @@ def compress(
     )
     blob = _pack_header(header) + b"".join(payloads) + b"".join(streams)
     whole = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
-    if data and len(whole) < sum(len(p) for p in payloads) + sum(blocks):
+    if 0 < len(data) <= MAX_SEGMENT and len(whole) < sum(len(p) for p in payloads) + sum(blocks):
         # zstd over the whole input beats the segmented result: one zstd segment
         one = Segment(ZSTD, len(data), len(whole)) if len(whole) < len(data) else None
         one = one or Segment(STORED, len(data), len(data))

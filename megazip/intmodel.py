@@ -228,7 +228,8 @@ class IntMegabyte:
             for name in sorted(self.tensors):
                 x = self.tensors[name].contiguous().cpu()
                 h.update(f"{name}|{x.dtype}|{tuple(x.shape)}|".encode())
-                h.update(x.numpy().tobytes())
+                a = x.numpy()
+                h.update(a.astype(a.dtype.newbyteorder("<")).tobytes())  # little-endian
             self._hash = h.hexdigest()
         return self._hash
 

@@ -15,6 +15,10 @@ def megazip_cmd(*args: str) -> list[str]:
     return [str(BIN / "megazip"), *args]
 
 
+# Tests use small models, for which one thread is fastest (and immune to a busy machine).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

@@ -199,7 +199,9 @@ def test_megazip_row_is_a_real_round_trip(report, corpus, model_dir):
     assert salad["model_bytes"] > 0
     if salad["model_bits"] is not None:
         assert salad["model_bytes"] == pytest.approx(salad["model_bits"] / 8, rel=0.05, abs=16)
-    h = megazip.container.read_header(megazip.compress(b"x", str(model_dir)))
+    from megazip import container
+
+    h = container.read_header(megazip.compress(b"x", str(model_dir)))
     assert report["model"] == {
         "name": model_dir.name,
         "source": str(model_dir),
