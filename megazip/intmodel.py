@@ -116,17 +116,32 @@ class IntBlock:
 
 
 class IntKVCache:
-    """Keys/values (B, H, S, hd) of one layer as float32 integers, trimmed to `keep`."""
+    """Keys/values (B, H, S, hd) of one layer as float32 integers: extend() returns the
+    last `keep` earlier positions followed by the new ones. Entries live in a buffer
+    with room to spare, compacted only when full, so a step costs no full copy."""
 
     def __init__(self, keep: int):
         self.keep = keep
-        self.k = self.v = None
+        self.k = self.v = None  # buffers (B, H, capacity, hd)
+        self.n = 0  # filled positions
 
     def extend(self, k, v):
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
-        self.k, self.v = k[:, :, -self.keep :], v[:, :, -self.keep :]
-        return k, v
+        T = k.shape[2]
+        if self.k is None or self.n + T > self.k.shape[2]:
+            m = min(self.n, self.keep)  # what is still visible
+            B, H, _, hd = k.shape
+            cap = 2 * self.keep + T
+            bk = k.new_empty(B, H, cap, hd)
+            bv = v.new_empty(B, H, cap, hd)
+            if m:
+                bk[:, :, :m] = self.k[:, :, self.n - m : self.n]
+                bv[:, :, :m] = self.v[:, :, self.n - m : self.n]
+            self.k, self.v, self.n = bk, bv, m
+        self.k[:, :, self.n : self.n + T] = k
+        self.v[:, :, self.n : self.n + T] = v
+        self.n += T
+        start = max(0, self.n - T - self.keep)
+        return self.k[:, :, start : self.n], self.v[:, :, start : self.n]
 
 
 @dataclass
