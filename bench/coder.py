@@ -2,8 +2,8 @@
 
     python bench/coder.py [--model tiny] [--input FILE] [--bytes N] [--repeat 3]
 
-For a fixed input (default: the first 128 KiB of this repository's megazip/*.py sources,
-concatenated in name order) it reports the integer model's ideal code length (sum of
+For a fixed input (default: the first 256 KiB of the Canterbury corpus's lcet10.txt, from
+../shared/corpora beside the checkout, cut into 4 KiB segments: 64 lanes) it reports the integer model's ideal code length (sum of
 -log2 p over the model-coded segments), the bytes the range coder actually wrote for
 them (overhead %), and the median compress and decompress speed in KB/s (1 KB = 1000
 bytes) over --repeat runs, each round trip verified. Results go to
@@ -31,26 +31,25 @@ from megazip.coder import decode_block, encode_block  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def default_input(n: int) -> bytes:
-    files = sorted((ROOT / "megazip").glob("*.py"))
-    return b"".join(f.read_bytes() for f in files)[:n]
+DEFAULT_INPUT = ROOT.parent / "shared" / "corpora" / "canterbury" / "lcet10.txt"
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=checkpoint.DEFAULT_MODEL)
-    ap.add_argument("--input", help="input file (default: megazip's own sources)")
-    ap.add_argument("--bytes", type=int, default=128 * 1024, help="bytes of the input to use")
+    ap.add_argument("--input", default=str(DEFAULT_INPUT), help="input file")
+    ap.add_argument("--bytes", type=int, default=256 * 1024, help="bytes of the input to use")
+    ap.add_argument("--segment-size", type=int, default=4096, help="bytes per lane")
     ap.add_argument("--lanes", type=int, default=container.DEFAULT_LANES)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
 
-    data = Path(args.input).read_bytes()[: args.bytes] if args.input else default_input(args.bytes)
-    name = Path(args.input).name if args.input else "megazip/*.py"
+    data = Path(args.input).read_bytes()[: args.bytes]
+    name = Path(args.input).name
     coder = checkpoint.load_coder(args.model).to(args.device)
-    seg = container.default_segment_size(len(data), args.lanes, coder.config.patch_size)
+    seg = args.segment_size
     segments = [data[i : i + seg] for i in range(0, len(data), seg)]
 
     # the model path alone: every segment model-coded, one block
@@ -68,7 +67,9 @@ def main(argv=None) -> dict:
     # the whole container, as `megazip compress` writes it
     stats: dict = {}
     t = time.perf_counter()
-    blob = megazip.compress(data, coder, lanes=args.lanes, device=args.device, stats=stats)
+    blob = megazip.compress(
+        data, coder, lanes=args.lanes, segment_size=seg, device=args.device, stats=stats
+    )
     full_c = time.perf_counter() - t
     t = time.perf_counter()
     assert megazip.decompress(blob, coder, device=args.device) == data
