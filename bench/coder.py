@@ -3,10 +3,11 @@
     python bench/coder.py [--model tiny] [--input FILE] [--bytes N] [--repeat 3]
 
 For a fixed input (default: the first 256 KiB of the Canterbury corpus's lcet10.txt, from
-../shared/corpora beside the checkout, cut into 4 KiB segments: 64 lanes) it reports the integer model's ideal code length (sum of
--log2 p over the model-coded segments), the bytes the range coder actually wrote for
-them (overhead %), and the median compress and decompress speed in KB/s (1 KB = 1000
-bytes) over --repeat runs, each round trip verified. Results go to
+../shared/corpora beside the checkout, cut into 4 KiB segments: 64 lanes) it reports the
+integer model's ideal code length (sum of -log2 p over the model-coded segments), the
+bytes the range coder actually wrote for them (overhead %), and the median compress and
+decompress speed in KB/s (1 KB = 1000 bytes) over --repeat runs, each round trip
+verified. Results go to
 bench/results/coder.{md,json} with the machine described.
 """
 
