@@ -37,6 +37,7 @@ from megazip.export import load_coder  # noqa: E402
 from megazip.train import LN2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("float", "int", "adaptive", "megazip", "zstd -19", "xz -9e", "bzip2 -9")
 CANTERBURY = ROOT.parent / "shared" / "corpora" / "canterbury"
 
 
@@ -138,6 +139,7 @@ def main(argv=None):
         compress_kBps=speed["model_compress_kBps"],
         decompress_kBps=speed["model_decompress_kBps"],
         corpus_manifest_sha256=hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        canterbury_files=rows,
     )
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -190,7 +192,7 @@ def main(argv=None):
         {
             "file": "**all (bytes-weighted)**",
             "bytes": total,
-            **{k: avg(k) for k in ("float", "int", "megazip", "zstd -19", "xz -9e", "bzip2 -9")},
+            **{k: avg(k) for k in COLUMNS},
         }
     ]:
         lines.append(
