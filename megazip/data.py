@@ -16,8 +16,8 @@ import torch
 
 def list_files(paths) -> list[Path]:
     """Regular files under `paths` (files, or folders walked recursively), sorted, no
-    duplicates, hidden files and folders skipped. Raises FileNotFoundError for a missing
-    path."""
+    duplicates; hidden files and folders and __pycache__ folders skipped. Raises
+    FileNotFoundError for a missing path."""
     out: dict[Path, None] = {}
     for p in map(Path, paths):
         if not p.exists():
@@ -27,7 +27,8 @@ def list_files(paths) -> list[Path]:
             continue
         for f in sorted(p.rglob("*")):
             rel = f.relative_to(p).parts
-            if f.is_file() and not f.is_symlink() and not any(s.startswith(".") for s in rel):
+            skip = any(s.startswith(".") or s == "__pycache__" for s in rel)
+            if f.is_file() and not f.is_symlink() and not skip:
                 out[f] = None
     return list(out)
 

@@ -150,3 +150,16 @@ def test_eval_of_missing_file_is_one_line_error(tmp_path):
     )
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_list_files_skips_hidden_and_pycache_folders(tmp_path):
+    from megazip.data import list_files
+
+    (tmp_path / "a.py").write_bytes(b"x")
+    for d in ("__pycache__", ".git", "sub"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "f.bin").write_bytes(b"y")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_files([tmp_path])] == [
+        "a.py",
+        "sub/f.bin",
+    ]
