@@ -486,7 +486,7 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
 
 
 @main.command("train")
-@click.option("--recipe", help="A named recipe (tiny, small): fixes model, data and schedule.")
+@click.option("--recipe", help="A named recipe (tiny, tiny-gpu, small): model, data, schedule.")
 @click.option("--data", "-d", multiple=True, help="Training files or folders (repeatable).")
 @click.option("--valid", multiple=True, help="Held-out files or folders (default: split by file).")
 @click.option("--out", "-o", default="runs/megazip", show_default=True, help="Checkpoint folder.")
@@ -508,6 +508,11 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @click.option(
     "--stop-at", default=0, help="Stop at this step (with a checkpoint), to resume later."
+)
+@click.option(
+    "--time-limit",
+    default=0.0,
+    help="Seconds of training: the schedule ends then, or at --steps if sooner (0: none).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context

@@ -14,6 +14,7 @@ the scalar integers; its content hash (IntMegabyte.content_hash) names it in .mg
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -209,9 +210,13 @@ class _Exporter:
 
 @torch.no_grad()
 def export(model: Megabyte, calibration: torch.Tensor) -> IntMegabyte:
-    """The integer coding model of `model`, calibrated on `calibration` (N, T) bytes."""
+    """The integer coding model of `model`, calibrated on `calibration` (N, T) bytes. The
+    calibration runs on the model's device; the integer model is built on the CPU."""
     model = model.float()
-    return _Exporter(model, calibrate(model, calibration)).run()
+    ranges = {k: v.cpu() for k, v in calibrate(model, calibration).items()}
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()
+    return _Exporter(model, ranges).run()
 
 
 # ---------------------------------------------------------------------------- storage

@@ -74,6 +74,19 @@ def test_schedule_warms_up_then_decays():
     assert abs(learning_rate(100, cfg) - 1e-4) < 1e-12
 
 
+def test_time_limit_ends_the_schedule_early_with_a_final_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=1000, warmup=10, lr=1e-3, min_lr=1e-4, time_limit=60.0)
+    assert learning_rate(20, cfg, elapsed=0.0) > learning_rate(20, cfg, elapsed=30.0)
+    assert abs(learning_rate(20, cfg, elapsed=60.0) - 1e-4) < 1e-12
+    assert learning_rate(5, cfg, elapsed=59.0) < 1e-3  # warm-up is by steps
+    summary = train(small_cfg(tmp_path, steps=100_000, time_limit=3.0, save_every=100_000))
+    assert 0 < summary["step"] < 100_000
+    meta = json.loads((tmp_path / "run/config.json").read_text())
+    assert meta["step"] == summary["step"] and meta["wall_s"] >= 3.0
+    assert meta["history"][-1]["step"] == summary["step"]
+    assert (tmp_path / "run" / checkpoint.CODER_FILE).is_file()
+
+
 def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path):
     data = make_data(tmp_path)
     out = tmp_path / "ddp"
