@@ -1,168 +1,462 @@
-"""The adaptive stage: each lane teaches the coder as it goes (integer state, CPU).
+"""The adaptive stage (version 2): context mixing on top of the model, shared by a block.
 
-A prior cannot know a file's own repeats. This stage keeps, per lane, a *match model*:
-a hash of the last MIN_MATCH bytes points to where that context last occurred in the
-lane; while the bytes keep agreeing, the byte that followed the earlier occurrence is
-the predicted byte e, with a verified match length. How much to trust e is learned
-online, in a table of 16-bit probabilities indexed by (match length bucket, bucket of
-the prior's own probability of e), adaptive probability map style. The final table sets
-p(e) to that learned probability and scales every other count of the prior to fill the
-rest, so a confident prior and a confident match agree and an unreliable match costs
-little. Without a match the prior passes through unchanged.
+A prior cannot know a file's own statistics. This stage learns them online, in integer
+arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
+of each byte: the byte is the path of 8 binary decisions (most significant bit first)
+through a tree of 255 nodes, node n in 1..255 (children 2n for bit 0 and 2n + 1 for bit
+1, leaves 256 + byte). For every node it computes p(bit = 1) from:
 
-Everything is integer arithmetic on per-lane state, updated after every byte exactly as
-the decoder will: the encoder's and decoder's tables are identical by construction. The
-stage always runs on the CPU (numba), so it is the same whichever device computed the
-prior. Format version: ADAPTIVE_VERSION, recorded in .mgz headers.
+- the prior: the node's share of the prior's 256 counts (the prior is exact in this
+  decomposition: without other inputs the stage reproduces it);
+- order-1 statistics (a direct table) and hashed order-2, 3, 4, 6 contexts and a word
+  context (the letters since the last non-letter), each an adaptive probability per
+  (context, node), in buckets of 16 entries per (context, high nibble) with a check word;
+- a match model: the byte that followed the last occurrence of the last MIN_MATCH bytes
+  (in any lane of the block), predicted with a learned confidence per match length;
+
+all mixed in the logistic ("stretch") domain by a single-layer network with integer
+weights selected by the node and the match state, learned online; then refined by two
+adaptive probability maps (APM/SSE) selected by the node and by (node, previous byte).
+The 255 node probabilities become the 256 counts the coder needs: a byte's count is the
+product of its path's probabilities, computed top down in integers so that every count
+is >= 1 and they sum to COUNT_TOTAL exactly.
+
+State is shared by all lanes of a block (one range-coder stream): all active lanes are
+predicted at step t from the state after step t - 1, then the state learns from every
+lane's byte t in lane order. Each lane keeps only its own bytes, context hashes and match
+pointer. Encoder and decoder run the same integer code in the same order, so their
+tables are identical by construction. Lookup tables (stretch/squash) are computed with
+Python's `decimal` module (correctly rounded, identical on every platform) and checked
+against a fixed digest at import.
+
+Format version: ADAPTIVE_VERSION, recorded in .mgz headers; docs/FORMAT.md describes it.
 """
 
 from __future__ import annotations
 
+import decimal
+import hashlib
+
 import numba as nb
 import numpy as np
 
-from .intmodel import COUNT_BITS, COUNT_TOTAL
+from .intmodel import COUNT_TOTAL
 
-ADAPTIVE_VERSION = 1
+ADAPTIVE_VERSION = 2
+
+# ---- fixed-point conventions -------------------------------------------------------
+# probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
+# clamped to [-SMAX, SMAX]
+SMAX = 3071
+ORDERS = (2, 3, 4, 6)  # hashed byte contexts (order 1 is a direct table)
+N_HASHED = len(ORDERS) + 1  # plus the word context
+# mixer inputs: bias, prior, order 1, hashed orders, word, match
+N_IN = 3 + N_HASHED + 1
+IN_BIAS, IN_PRIOR, IN_O1, IN_H0 = 0, 1, 2, 3
+IN_MATCH = N_IN - 1
 MIN_MATCH = 6  # bytes hashed to find a match
-HASH_BITS = 16  # at most 2^16 hash table entries per lane (fewer for short lanes)
-MAX_LEN = 24  # match lengths are bucketed 0..MAX_LEN
-PROB_BITS = 16  # learned probabilities in 1/2^16
-RATE = 7  # table update: p += (target - p) >> min(count + 1, RATE)
-TRUST = 16  # observations before a table entry fully replaces the prior's p(e)
-MIN_COUNT_E = 256  # the predicted byte keeps at least this count
+MAX_LEN = 32  # match lengths are counted up to this
+N_MSTATE = 3  # mixer weight sets per node: no match on this node, short, long match
+LONG_MATCH = 16
+MIX_SHIFT = 16  # weights: 1.0 = 2^16
+LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
+LR_HALF = 256  # the rate of a weight set falls as 1 / (1 + n / LR_HALF) after n updates
+LR_FLOOR = 16  # ... down to 1 / LR_FLOOR
+COUNTER_LIMIT = 60  # adaptive counters: rate 1 / (n + 1.5), n capped here
+APM_SHIFT = 8
+APM_STEP = 1 << APM_SHIFT
+APM_KNOTS = 2 * 3072 // APM_STEP + 1  # 25 knots over the stretch range
+APM_LIMIT = 127
+APM_INIT = 8  # initial observation count of an APM knot (its first rates: 1 / 9.5 ...)
+MAX_BUCKET_BITS = 18  # per hashed context kind: at most 2^18 buckets of 16 entries
+MIN_BUCKET_BITS = 10
+MATCH_BITS_MAX = 22
 
 _jit = nb.njit(cache=True, nogil=True)
 
 
+def _tables():
+    """squash (x in -3072..3072, 1/256) -> 16-bit probability and its inverse, stretch."""
+    ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN)
+    squash = np.zeros(2 * 3072 + 1, np.int64)
+    one = decimal.Decimal(1)
+    for i in range(-3072, 3073):
+        x = ctx.divide(decimal.Decimal(i), decimal.Decimal(256))
+        p = ctx.divide(one, ctx.add(one, ctx.exp(-x)))  # correctly rounded exp
+        v = int(ctx.multiply(p, decimal.Decimal(65536)).to_integral_value(decimal.ROUND_HALF_EVEN))
+        squash[i + 3072] = min(65535, max(1, v))
+    # stretch(p) = the x whose squash is nearest to p from below (monotone inverse)
+    stretch = np.zeros(65536, np.int64)
+    x = -3072
+    for p in range(65536):
+        while x < 3072 and squash[x + 1 + 3072] <= p:
+            x += 1
+        stretch[p] = max(-SMAX, min(SMAX, x))
+    return squash, stretch
+
+
+SQUASH, STRETCH = _tables()
+TABLE_DIGEST = "0928e75eb58a51e0"
+
+
+def table_digest() -> str:
+    """sha256 of SQUASH and STRETCH as little-endian int64 (the first 16 hex digits)."""
+    raw = SQUASH.astype("<i8").tobytes() + STRETCH.astype("<i8").tobytes()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+if table_digest() != TABLE_DIGEST:  # the tables must be the same on every machine
+    raise RuntimeError("megazip.adaptive: lookup tables differ from the reference")
+# counter learning rates: 65536 / (n + 1.5)
+LR_STEPS = LR_HALF * (LR_FLOOR - 1)
+LR_DECAY = np.array(
+    [max(65536 // LR_FLOOR, 65536 * LR_HALF // (LR_HALF + n)) for n in range(LR_STEPS + 1)],
+    np.int64,
+)
+RATE = np.array(
+    [int(65536 * 2 // (2 * n + 3)) for n in range(max(COUNTER_LIMIT, APM_LIMIT) + 1)], np.int64
+)
+
+# which of the 17 buckets of a context holds node n (0: high nibble; 1 + h: low nibble
+# after high nibble h) and its entry (1..15) in that bucket
+NODE_BUCKET = np.zeros(256, np.int64)
+NODE_ENTRY = np.zeros(256, np.int64)
+DEPTH = np.zeros(256, np.int64)
+for _n in range(1, 256):
+    _d = _n.bit_length() - 1
+    DEPTH[_n] = _d
+    if _d < 4:
+        NODE_BUCKET[_n], NODE_ENTRY[_n] = 0, _n
+    else:
+        _k = _d - 4
+        NODE_BUCKET[_n] = 1 + ((_n >> _k) & 15)
+        NODE_ENTRY[_n] = (1 << _k) | (_n & ((1 << _k) - 1))
+NODE_OF = np.zeros((17, 16), np.int64)  # the inverse: node of (bucket, entry)
+for _n in range(1, 256):
+    NODE_OF[NODE_BUCKET[_n], NODE_ENTRY[_n]] = _n
+
+# per-lane integer state (columns of LaneModels.lane)
+L_LEN, L_C1, L_MLANE, L_MPOS, L_MLEN, L_WORD = 0, 1, 2, 3, 4, 5
+L_HASH = 6  # N_HASHED context hashes follow
+N_LANE = L_HASH + N_HASHED
+P_EXP = 0  # saved per lane at mix time (LaneModels.pend): expected byte of the match, -1
+N_PEND = 1
+
+
 class LaneModels:
-    """Adaptive state of B lanes of up to `capacity` bytes each (numpy arrays)."""
+    """Adaptive state of one block of B lanes of up to `capacity` bytes each: per-lane
+    histories and a model shared by the lanes (numpy arrays, sized from B * capacity
+    with fixed caps)."""
 
     def __init__(self, lanes: int, capacity: int):
-        self.hist = np.zeros((lanes, max(capacity, 1)), np.uint8)  # each lane's bytes so far
-        self.length = np.zeros(lanes, np.int64)
-        bits = min(HASH_BITS, max(10, int(capacity).bit_length()))  # memory ~ lane length
-        self.table = np.zeros((lanes, 1 << bits), np.int32)  # end of context, or 0
-        self.ptr = np.zeros(lanes, np.int64)  # position of the predicted byte, or -1
-        self.ptr -= 1
-        self.mlen = np.zeros(lanes, np.int64)
-        # (length bucket, log2 of the prior's count of e) -> [p(e is right) in 1/2^16,
-        # observations]; an entry is blended with the prior's own p(e) until it has seen
-        # TRUST outcomes, so an untrained entry changes nothing
-        self.apm = np.zeros((lanes, MAX_LEN + 1, COUNT_BITS + 1, 2), np.int64)
-        self.pending = np.zeros((lanes, 3), np.int64)  # e, length bucket, prior bucket; e<0: none
+        capacity = max(int(capacity), 1)
+        total = lanes * capacity
+        bits = min(MAX_BUCKET_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 1))
+        mbits = min(MATCH_BITS_MAX, max(10, total.bit_length()))
+        self.hist = np.zeros((lanes, capacity), np.uint8)
+        self.lane = np.zeros((lanes, N_LANE), np.int64)
+        self.lane[:, L_MLANE] = -1
+        self.pend = np.full((lanes, N_PEND), -1, np.int64)
+        self.inputs = np.zeros((lanes, N_IN, 256), np.int32)  # saved at mix time
+        self.pmix = np.zeros((lanes, 256), np.int32)  # mixer output per node (16 bits)
+        self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
+        self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
+        self.match = np.full(1 << mbits, -1, np.int64)  # lane * capacity + position
+        self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
+        self.mconf[:, 0] = 49152
+        w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
+        w[:, IN_PRIOR] = 1 << MIX_SHIFT
+        self.weights = w
+        knots = (SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20) + APM_INIT
+        self.apm1 = np.tile(knots, (256, 1))
+        self.apm2 = np.tile(knots, (256 * 256, 1))
 
     def arrays(self):
-        return self.hist, self.length, self.table, self.ptr, self.mlen, self.apm, self.pending
+        return (
+            self.hist,
+            self.lane,
+            self.pend,
+            self.inputs,
+            self.pmix,
+            self.o1,
+            self.ctab,
+            self.match,
+            self.mconf,
+            self.weights,
+            self.apm1,
+            self.apm2,
+        )
 
 
 @_jit
-def _ilog2(x):
-    n = 0
-    while x > 1:
-        x >>= 1
-        n += 1
-    return n
+def _st(p):
+    return STRETCH[min(65535, max(1, p))]
 
 
 @_jit
-def _mix_one(counts, b, out, hist, length, table, ptr, mlen, apm, pending):
-    """Final counts of lane b for its next byte into out (256,), from prior counts (256,)."""
-    pending[b, 0] = -1
-    if ptr[b] < 0:
-        out[:] = counts
-        return
-    e = np.int64(hist[b, ptr[b]])
-    lb = min(mlen[b], MAX_LEN)
-    qb = _ilog2(counts[e])
-    n = min(apm[b, lb, qb, 1], TRUST)
-    learned = apm[b, lb, qb, 0] << (COUNT_BITS - PROB_BITS)
-    blended = (counts[e] * (TRUST - n) + learned * n) // TRUST
-    target = max(MIN_COUNT_E, min(COUNT_TOTAL - 256, blended))
-    rest_old = COUNT_TOTAL - counts[e]
-    rest_new = COUNT_TOTAL - target
-    used = np.int64(0)
-    for s in range(256):
-        if s != e:
-            c = max(np.int64(1), (counts[s] * rest_new) // rest_old)
-            out[s] = c
-            used += c
-    out[e] = COUNT_TOTAL - used
-    pending[b, 0] = e
-    pending[b, 1] = lb
-    pending[b, 2] = qb
+def _sq(x):
+    return SQUASH[max(-3072, min(3072, x)) + 3072]
 
 
 @_jit
-def _hash(hist, b, end):
-    """Hash of the MIN_MATCH bytes before position `end` of lane b."""
-    h = np.uint64(0)
-    for i in range(end - MIN_MATCH, end):
-        h = (h << np.uint64(8)) | np.uint64(hist[b, i])
-    h = h * np.uint64(0x9E3779B97F4A7C15)
-    return np.int64(h >> np.uint64(64 - HASH_BITS))  # callers mask to their table size
+def _bucket(h, sub, mask):
+    """(bucket start, check word) of sub-bucket `sub` (0..16) of context hash h."""
+    x = (h + (sub + 1) * 0x2545F4914F6CDD1D) * 0x5851F42D4C957F2D
+    x ^= (x >> 29) & 0x7FFFFFFFF
+    x *= 0x14057B7EF767814F
+    idx = (x >> 20) & mask
+    chk = ((x >> 40) & 0xFFFFFF) | 1
+    return idx * 16, chk
 
 
 @_jit
-def _update_one(sym, b, hist, length, table, ptr, mlen, apm, pending):
-    """Learn from lane b's actual next byte `sym` and advance its match state."""
-    e = pending[b, 0]
+def _apm_idx(pm):
+    """(knot, weight of the next knot in 1/APM_STEP) of a probability."""
+    s = _st(pm) + 3072
+    k = min(s >> APM_SHIFT, APM_KNOTS - 2)
+    return k, s - (k << APM_SHIFT)
+
+
+@_jit
+def _mix_one(counts, b, out, hist, lane, pend, inputs, pmix, o1, ctab, match, mconf, w, a1, a2):
+    mask = ctab.shape[1] // 16 - 1
+    x = inputs[b]  # (N_IN, 256): input i of node n, kept for update()
+    # prior: subtree sums of the 256 counts, then p(bit = 1) of every node
+    tree = np.empty(512, np.int64)
+    for i in range(256):
+        tree[256 + i] = counts[i]
+    for n in range(255, 0, -1):
+        tree[n] = tree[2 * n] + tree[2 * n + 1]
+    for n in range(1, 256):
+        x[IN_BIAS, n] = 256
+        x[IN_PRIOR, n] = _st((tree[2 * n + 1] << 16) // tree[n])
+    c1 = lane[b, L_C1]
+    o1base = c1 * 256
+    for n in range(1, 256):
+        v = np.int64(o1[o1base + n])
+        x[IN_O1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+    # hashed contexts: 17 buckets of 15 nodes each (absent bucket: inputs 0)
+    for k in range(N_HASHED):
+        h = lane[b, L_HASH + k]
+        xi = x[IN_H0 + k]
+        for s in range(17):
+            base, chk = _bucket(h, s, mask)
+            present = np.int64(ctab[k, base]) == chk
+            for j in range(1, 16):
+                n = NODE_OF[s, j]
+                if present:
+                    v = np.int64(ctab[k, base + j])
+                    xi[n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                else:
+                    xi[n] = 0
+    # match model: expected byte
+    e = -1
+    mlen = 0
+    ml = lane[b, L_MLANE]
+    if ml >= 0:
+        mp = lane[b, L_MPOS]
+        if mp < lane[ml, L_LEN]:
+            e = np.int64(hist[ml, mp])
+            mlen = min(lane[b, L_MLEN], MAX_LEN)
+    pend[b, P_EXP] = e
+    xm = x[IN_MATCH]
+    for n in range(1, 256):
+        xm[n] = 0
+    mst = np.zeros(256, np.int64)
     if e >= 0:
-        lb, qb = pending[b, 1], pending[b, 2]
-        target = np.int64((1 << PROB_BITS) - 1) if sym == e else np.int64(0)
-        n = apm[b, lb, qb, 1]
-        apm[b, lb, qb, 0] += (target - apm[b, lb, qb, 0]) >> min(n + 1, RATE)
-        apm[b, lb, qb, 1] = min(n + 1, 1 << 20)
-    t = length[b]
-    hist[b, t] = sym
-    length[b] = t + 1
-    if ptr[b] >= 0 and hist[b, ptr[b]] == sym:
-        ptr[b] += 1
-        mlen[b] += 1
-    else:
-        ptr[b] = -1
-        mlen[b] = 0
-    n = t + 1
-    if n >= MIN_MATCH:
-        h = _hash(hist, b, n) & (table.shape[1] - 1)
-        if ptr[b] < 0:
-            cand = np.int64(table[b, h])  # where this context ended before (0: never)
-            if cand > 0:
-                k = 0  # verify: how many bytes before both positions agree
-                while (
-                    k < MAX_LEN
-                    and cand - 1 - k >= 0
-                    and hist[b, cand - 1 - k] == hist[b, n - 1 - k]
-                ):
-                    k += 1
-                if k >= MIN_MATCH:
-                    ptr[b] = cand
-                    mlen[b] = k
-        table[b, h] = n
+        sp = _st(mconf[mlen, 0])
+        st = 1 if mlen < LONG_MATCH else 2
+        for d in range(8):
+            n = (256 + e) >> (8 - d)
+            mst[n] = st
+            xm[n] = sp if (e >> (7 - d)) & 1 else -sp
+    fin = np.empty(256, np.int64)
+    r0 = c1 << 8
+    for n in range(1, 256):
+        ws = w[n * N_MSTATE + mst[n]]
+        dot = np.int64(0)
+        for i in range(N_IN):
+            dot += ws[i] * x[i, n]
+        pm = _sq(dot >> MIX_SHIFT)
+        pmix[b, n] = pm
+        sv = _st(pm) + 3072
+        k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
+        f1 = sv - (k1 << APM_SHIFT)
+        g1 = APM_STEP - f1
+        q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+        r = r0 + n
+        q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+        p = (2 * pm + q1 + q2) >> 2
+        fin[n] = min(65535, max(1, p))
+    # counts: path products, top down, each leaf + 1
+    mass = np.empty(512, np.int64)
+    mass[1] = COUNT_TOTAL - 256
+    for n in range(1, 256):
+        m1 = (mass[n] * fin[n]) >> 16
+        mass[2 * n + 1] = m1
+        mass[2 * n] = mass[n] - m1
+    for i in range(256):
+        out[i] = mass[256 + i] + 1
 
 
 @_jit
-def _mix_step(counts, active, out, hist, length, table, ptr, mlen, apm, pending):
+def _ctx_hash(hist, b, t, order):
+    h = np.int64(order) * 0x1F3D5B79
+    for i in range(t - order, t):
+        v = np.int64(hist[b, i]) if i >= 0 else 0
+        h = (h + v + 1) * 0x2127599BF4325C37
+        h ^= (h >> 23) & 0x1FFFFFFFFFF
+    return h
+
+
+@_jit
+def _learn(v, y, limit):
+    p = v >> 16
+    n = v & 0xFFFF
+    p += (((y << 16) - p) * RATE[n]) >> 16
+    p = min(65535, max(1, p))
+    return (p << 16) | min(n + 1, limit)
+
+
+@_jit
+def _learn_apm(v, y):
+    p = v >> 16
+    n = v & 0xFFFF
+    p += (((y << 20) - p) * RATE[n]) >> 16
+    return (p << 16) | min(n + 1, APM_LIMIT)
+
+
+@_jit
+def _update_one(sym, b, hist, lane, pend, inputs, pmix, o1, ctab, match, mconf, w, a1, a2):
+    cap = hist.shape[1]
+    mask = ctab.shape[1] // 16 - 1
+    c1 = lane[b, L_C1]
+    e = pend[b, P_EXP]
+    mlen = min(lane[b, L_MLEN], MAX_LEN)
+    mst = 0
+    if e >= 0:
+        mst = 1 if mlen < LONG_MATCH else 2
+    # hashed contexts: the high-nibble bucket and the actual low-nibble bucket
+    for k in range(N_HASHED):
+        h = lane[b, L_HASH + k]
+        for s in (0, 1 + (sym >> 4)):
+            base, chk = _bucket(h, s, mask)
+            if np.int64(ctab[k, base]) != chk:  # claim the bucket
+                ctab[k, base] = chk
+                for j in range(1, 16):
+                    ctab[k, base + j] = 32768 << 16
+            top = 0 if s == 0 else 4  # depth of the bucket's first node
+            for d in range(top, top + 4):
+                y = (sym >> (7 - d)) & 1
+                n = (256 + sym) >> (8 - d)
+                j = NODE_ENTRY[n]
+                ctab[k, base + j] = _learn(np.int64(ctab[k, base + j]), y, COUNTER_LIMIT)
+    on_path = e >= 0
+    for d in range(8):
+        n = (256 + sym) >> (8 - d)
+        y = (sym >> (7 - d)) & 1
+        # order 1
+        i1 = c1 * 256 + n
+        o1[i1] = _learn(np.int64(o1[i1]), y, COUNTER_LIMIT)
+        # match confidence, while the byte so far agrees with the expected one
+        ms = 0
+        if on_path:
+            if ((256 + e) >> (8 - d)) == n:
+                ms = mst
+                ok = 1 if ((e >> (7 - d)) & 1) == y else 0
+                c = mconf[mlen, 1]
+                mconf[mlen, 0] += (ok * 65535 - mconf[mlen, 0]) * 2 // (2 * min(c, 255) + 3)
+                mconf[mlen, 0] = min(65535, max(1, mconf[mlen, 0]))
+                mconf[mlen, 1] = c + 1
+            else:
+                on_path = False
+        # mixer
+        pm = np.int64(pmix[b, n])
+        err = (y << 16) - pm
+        ws = w[n * N_MSTATE + ms]
+        cnt = ws[N_IN]
+        err = (err * LR_DECAY[cnt]) >> 16
+        ws[N_IN] = min(cnt + 1, LR_STEPS)
+        for i in range(N_IN):
+            ws[i] += (np.int64(inputs[b, i, n]) * err) >> LR_SHIFT
+        # APMs: move the two knots around p toward the bit
+        k1, f1 = _apm_idx(pm)
+        k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
+        a1[n, k1] = _learn_apm(a1[n, k1], y)
+        r = n + (c1 << 8)
+        a2[r, k1] = _learn_apm(a2[r, k1], y)
+    # history, match pointer, context hashes
+    t = lane[b, L_LEN]
+    hist[b, t] = sym
+    lane[b, L_LEN] = t + 1
+    lane[b, L_C1] = sym
+    nlen = t + 1
+    ml = lane[b, L_MLANE]
+    if ml >= 0 and e == sym:
+        lane[b, L_MPOS] += 1
+        lane[b, L_MLEN] += 1
+    else:
+        lane[b, L_MLANE] = -1
+        lane[b, L_MLEN] = 0
+    if nlen >= MIN_MATCH:
+        h = _ctx_hash(hist, b, nlen, MIN_MATCH)
+        slot = (h >> 16) & (match.shape[0] - 1)
+        if lane[b, L_MLANE] < 0:
+            cand = match[slot]
+            if cand >= 0:
+                cl = cand // cap
+                cp = cand - cl * cap
+                if cp < lane[cl, L_LEN]:
+                    k = 0
+                    while (
+                        k < MAX_LEN
+                        and cp - 1 - k >= 0
+                        and hist[cl, cp - 1 - k] == hist[b, nlen - 1 - k]
+                    ):
+                        k += 1
+                    if k >= MIN_MATCH:
+                        lane[b, L_MLANE] = cl
+                        lane[b, L_MPOS] = cp
+                        lane[b, L_MLEN] = k
+        match[slot] = b * cap + nlen
+    for k in range(len(ORDERS)):
+        lane[b, L_HASH + k] = _ctx_hash(hist, b, nlen, ORDERS[k])
+    # word context: letters (case folded) since the last non-letter, with the order-1 byte
+    wd = lane[b, L_WORD]
+    lo = sym | 32
+    if 97 <= lo <= 122:
+        wd = (wd + lo + 1) * 0x3C6EF372FE94F82B
+        wd ^= (wd >> 21) & 0x7FFFFFFFFFF
+    else:
+        wd = 0
+    lane[b, L_WORD] = wd
+    lane[b, L_HASH + len(ORDERS)] = (wd + sym + 7) * 0x6A09E667F3BCC909
+
+
+@_jit
+def _mix_step(counts, active, out, *st):
     for b in range(counts.shape[0]):
         if active[b]:
-            _mix_one(counts[b], b, out[b], hist, length, table, ptr, mlen, apm, pending)
+            _mix_one(counts[b], b, out[b], *st)
 
 
 @_jit
-def _update_step(symbols, active, hist, length, table, ptr, mlen, apm, pending):
+def _update_step(symbols, active, *st):
     for b in range(symbols.shape[0]):
         if active[b]:
-            _update_one(symbols[b], b, hist, length, table, ptr, mlen, apm, pending)
+            _update_one(np.int64(symbols[b]), b, *st)
 
 
 @_jit
-def _encode_chunk(counts, symbols, active, out, hist, length, table, ptr, mlen, apm, pending):
+def _encode_chunk(counts, symbols, active, out, *st):
     B, C = symbols.shape
-    for b in range(B):
-        for c in range(C):
+    for c in range(C):  # lockstep: predict every lane at c, then learn in lane order
+        for b in range(B):
             if active[b, c]:
-                _mix_one(counts[b, c], b, out[b, c], hist, length, table, ptr, mlen, apm, pending)
-                _update_one(symbols[b, c], b, hist, length, table, ptr, mlen, apm, pending)
+                _mix_one(counts[b, c], b, out[b, c], *st)
+        for b in range(B):
+            if active[b, c]:
+                _update_one(np.int64(symbols[b, c]), b, *st)
 
 
 def mix(models: LaneModels, counts: np.ndarray, active: np.ndarray) -> np.ndarray:

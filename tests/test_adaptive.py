@@ -1,6 +1,7 @@
 """The adaptive stage: exact encoder/decoder symmetry, and gains on known structure."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +50,7 @@ def test_decoder_side_tables_and_state_equal_the_encoders_after_every_byte(
     counts = random_counts(rng, (B, T))
     enc = adaptive.LaneModels(B, T)
     dec = adaptive.LaneModels(B, T)
+    symbols[-1, : T // 3] = symbols[0, : T // 3]  # and lanes that repeat each other
     for s in range(0, T, chunk):  # the encoder, chunk by chunk
         e = slice(s, s + chunk)
         want = adaptive.mix_chunk(enc, counts[:, e], symbols[:, e], active[:, e])
@@ -98,3 +100,78 @@ def test_never_more_than_half_a_percent_worse_than_the_prior(seed):
     active = np.ones_like(symbols, bool)
     final = encoder_tables(counts, symbols, active)
     assert bits(final, symbols, active) <= 1.005 * bits(counts, symbols, active)
+
+
+def test_state_is_shared_by_the_lanes_of_a_block():
+    """Lane 1 repeats what lane 0 coded earlier: the block's shared match model finds it."""
+    rng = np.random.default_rng(2)
+    T = 32768
+    symbols = rng.integers(0, 256, (2, T))
+    symbols[1, T // 2 :] = symbols[0, : T // 2]
+    active = np.ones_like(symbols, bool)
+    counts = uniform_counts(symbols.shape)
+    final = encoder_tables(counts, symbols, active)
+    tail = bits(final[1:, T // 2 :], symbols[1:, T // 2 :], active[1:, T // 2 :])
+    assert tail / (T // 2) < 0.1
+    alone = encoder_tables(counts[1:], symbols[1:], active[1:])  # lane 1 by itself
+    assert bits(alone, symbols[1:], active[1:]) / T > 7.9
+
+
+def test_text_statistics_gain_over_an_uninformed_prior():
+    """Order-n contexts learn text that has no long repeats for the match model."""
+    words = [b"the", b"of", b"and", b"to", b"in", b"is", b"that", b"for", b"it", b"as"]
+    rng = np.random.default_rng(3)
+    text = b" ".join(words[i] for i in rng.integers(0, len(words), 6000))
+    symbols = np.frombuffer(text, np.uint8).astype(np.int64)[None]
+    active = np.ones_like(symbols, bool)
+    counts = uniform_counts(symbols.shape)
+    final = encoder_tables(counts, symbols, active)
+    assert bits(final, symbols, active) / symbols.size < 3.0
+
+
+def test_tables_are_valid_for_extreme_priors():
+    """Counts >= 1 summing to COUNT_TOTAL even where the prior is certain (and wrong)."""
+    T = 3000
+    counts = np.ones((2, T, 256), np.int64)
+    counts[..., 7] = COUNT_TOTAL - 255
+    symbols = np.full((2, T), 7, np.int64)
+    symbols[1, ::5] = 200
+    final = encoder_tables(counts, symbols, np.ones_like(symbols, bool))
+    assert (final >= 1).all() and (final.sum(-1) == COUNT_TOTAL).all()
+
+
+def test_lookup_tables_are_the_documented_ones():
+    assert adaptive.SQUASH[0] == 1 and adaptive.SQUASH[-1] == 65535
+    assert adaptive.SQUASH[3072] == 32768
+    assert (np.diff(adaptive.SQUASH) >= 0).all() and (np.diff(adaptive.STRETCH) >= 0).all()
+    assert adaptive.table_digest() == adaptive.TABLE_DIGEST
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from test_intmodel import trained_pair
+
+    return trained_pair()[1]
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_round_trip_through_the_container(trained, lanes):
+    from test_intmodel import word_text
+
+    from megazip import container
+
+    data = word_text(7, 2500) + bytes(range(256)) + word_text(8, 700) * 2
+    blob = container.compress(data, trained, segment_size=1024, lanes=lanes)
+    assert blob[5] == container.FLAG_ADAPTIVE
+    assert container.decompress(blob, trained) == data
+    plain = container.compress(data, trained, segment_size=1024, lanes=lanes, adaptive=False)
+    assert len(blob) < len(plain)
+
+
+def test_version_1_files_are_refused_with_a_clear_error(trained):
+    from megazip import container
+
+    blob = bytearray(container.compress(b"hello hello hello " * 50, trained))
+    blob[5] = container.FLAG_ADAPTIVE_V1
+    with pytest.raises(container.FormatError, match="version 1 of the adaptive stage"):
+        container.read_header(bytes(blob))
