@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -65,16 +66,35 @@ def int_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- parameters
 
 
+def _int8_gemm_works() -> bool:
+    """Whether torch has an exact int8 x int8 -> int32 CPU GEMM (torch._int_mm)."""
+    try:
+        a = torch.tensor([[-128, 127, 3]], dtype=torch.int8)
+        return torch._int_mm(a, a.t().contiguous()).tolist() == [[16384 + 16129 + 9]]
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+INT8_GEMM = _int8_gemm_works() and os.environ.get("MEGAZIP_INT8_GEMM", "1") != "0"
+
+
 @dataclass
 class IntLinear:
     """acc = x @ w with w (K, N) float32 integers in [-127, 127]; its outputs are then
-    requantized by mult (N,) int64 and shift."""
+    requantized by mult (N,) int64 and shift. With w8 (the same weights as int8, on the
+    CPU) the product runs as an int8 GEMM with int32 accumulators (exact for any K here:
+    |acc| <= 128 * 127 * K < 2^31): 2-4x faster than float32, the same integers."""
 
     w: torch.Tensor
     mult: torch.Tensor
     shift: int
+    w8: torch.Tensor | None = None
 
     def __call__(self, x):
+        if self.w8 is not None:
+            K = x.shape[-1]
+            acc = torch._int_mm(x.reshape(-1, K).to(torch.int8), self.w8)
+            return acc.view(*x.shape[:-1], acc.shape[-1])
         return int_matmul(x, self.w)
 
 
@@ -117,7 +137,8 @@ class IntBlock:
 
 class IntKVCache:
     """Keys/values (B, H, S, hd) of one layer as float32 integers: extend() returns the
-    last `keep` earlier positions followed by the new ones. Entries live in a buffer
+    buffers and the range [lo, hi) of positions that holds the last `keep` earlier
+    positions followed by the new ones. Entries live in a buffer
     with room to spare, compacted only when full, so a step costs no full copy."""
 
     def __init__(self, keep: int):
@@ -141,7 +162,7 @@ class IntKVCache:
         self.v[:, :, self.n : self.n + T] = v
         self.n += T
         start = max(0, self.n - T - self.keep)
-        return self.k[:, :, start : self.n], self.v[:, :, start : self.n]
+        return self.k, self.v, start, self.n
 
 
 @dataclass
@@ -176,7 +197,8 @@ class IntMegabyte:
 
     def _linear(self, name):
         w = self._t(f"{name}.w", torch.float32).t().contiguous()
-        return IntLinear(w, self._t(f"{name}.mult"), self.ints[f"{name}.shift"])
+        w8 = w.to(torch.int8) if INT8_GEMM and self.device.type == "cpu" else None
+        return IntLinear(w, self._t(f"{name}.mult"), self.ints[f"{name}.shift"], w8)
 
     def _norm(self, name):
         return IntNorm(self._t(f"{name}.c"), self.ints[f"{name}.eps"])
@@ -258,11 +280,23 @@ class IntMegabyte:
             t.reshape(B, T, a.n_heads, hd).transpose(1, 2) for t in qkv.split(D, dim=-1)
         )  # (B, H, T, hd) each
         if cache is not None:
-            k, v = cache.extend(k, v)  # (B, H, S, hd)
-        scores = q @ k.transpose(-1, -2)  # exact: hd * 127^2 < 2^24
-        p = kern.attention_probs(scores, a.score_mult, a.score_shift, a.alibi, a.window, a.exp)
-        y = (p @ v).transpose(1, 2).reshape(B, T, D)  # exact: ~2^15 * 127 * hd... < 2^24
-        y = kern.requant(y, a.out_mult, a.out_shift, 127)
+            k, v, lo, hi = cache.extend(k, v)  # buffers (B, H, capacity, hd), keys lo..hi-1
+        else:
+            k, v, lo, hi = k.contiguous(), v.contiguous(), 0, T
+        y = kern.attend(
+            q,
+            k,
+            v,
+            lo,
+            hi,
+            a.score_mult,
+            a.score_shift,
+            a.alibi,
+            a.window,
+            a.exp,
+            a.out_mult,
+            a.out_shift,
+        )  # (B, T, D) int8 values
         return a.proj(y)
 
     def _block_forward(self, b: IntBlock, x, cache=None):

@@ -98,6 +98,20 @@ class TorchKernels:
         return p.to(torch.float32)
 
     @staticmethod
+    def attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift):
+        """Attention of the last T of S = hi - lo positions, then requantization to int8:
+        q (B, H, T, hd), keys and values k[:, :, lo:hi], v[:, :, lo:hi] of buffers (B, H,
+        capacity, hd), all float32 integers. Returns (B, T, H * hd) float32:
+        requant(attention_probs(q.k) @ v, out_mult (H * hd,), out_shift, 127). Every
+        product is exact in float32 (hd * 128 * 127 < 2^24; (2^15 + S) * 128 < 2^24)."""
+        B, H, T, hd = q.shape
+        k, v = k[:, :, lo:hi], v[:, :, lo:hi]
+        scores = q @ k.transpose(-1, -2)
+        p = TorchKernels.attention_probs(scores, mult, shift, alibi, window, exp)
+        y = (p @ v).transpose(1, 2).reshape(B, T, H * hd)
+        return TorchKernels.requant(y, out_mult, out_shift, 127)
+
+    @staticmethod
     def counts(acc, mult, shift, exp, total):
         """Head accumulators (M, 256) -> counts (M, 256) int64, each >= 1, summing to
         `total`; the remainder goes to the first most likely byte."""
@@ -197,6 +211,49 @@ if nb is not None:
                 for s in range(lo, q + 1):
                     out[r, t, s] = ((logits[s] << 15) + den // 2) // den
 
+    # Products of integers below 2^24 in every partial sum are exact in float32 in any
+    # order, so this kernel may let LLVM reassociate (vectorize) its sums.
+    @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift, out):
+        B, H, T, hd = q.shape  # k, v: (B, H, capacity, hd), keys lo..hi-1; out (B, T, H*hd)
+        S = hi - lo
+        maxd = alibi.shape[1] - 1
+        E = exp.shape[0] - 1
+        half = np.int64(1) << (shift - 1)
+        ohalf = np.int64(1) << (out_shift - 1)
+        w = np.empty(S, np.int64)
+        y = np.empty(hd, np.float32)
+        for b in range(B):
+            for h in range(H):
+                for t in range(T):
+                    pos = S - T + t
+                    first = 0 if window == 0 else max(0, pos - window + 1)
+                    top = np.int64(-(1 << 62))
+                    for s in range(first, pos + 1):
+                        acc = np.float32(0.0)  # |q.k| <= hd * 128 * 127 < 2^24: exact
+                        for j in range(hd):
+                            acc += q[b, h, t, j] * k[b, h, lo + s, j]
+                        logit = ((np.int64(acc) * mult + half) >> shift) - alibi[
+                            h, min(pos - s, maxd)
+                        ]
+                        w[s] = logit
+                        top = max(top, logit)
+                    den = np.int64(0)
+                    for s in range(first, pos + 1):
+                        e = exp[min(top - w[s], E)]
+                        w[s] = e
+                        den += e
+                    for j in range(hd):
+                        y[j] = 0.0
+                    for s in range(first, pos + 1):
+                        p = np.float32(((w[s] << 15) + den // 2) // den)
+                        for j in range(hd):  # |y| <= (2^15 + S) * 128 < 2^24: exact
+                            y[j] += p * v[b, h, lo + s, j]
+                    for j in range(hd):
+                        c = h * hd + j
+                        r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
+                        out[b, t, c] = min(max(r, -127), 127)
+
     @_jit
     def _nb_counts(acc, mult, shift, exp, total, out):
         M, N = acc.shape
@@ -281,6 +338,33 @@ class NumbaKernels:
         sc = scores.reshape(B * H, T, S).contiguous()
         _nb_attention(_np(sc), mult, shift, _np(alibi), window or 0, _np(exp), out.numpy())
         return out.view(B, H, T, S)
+
+    @staticmethod
+    def attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift):
+        B, H, T, hd = q.shape
+        if T * (hi - lo) > 1024:  # long blocks: BLAS for the products, numba softmax
+            k, v = k[:, :, lo:hi], v[:, :, lo:hi]
+            scores = q @ k.transpose(-1, -2)
+            p = NumbaKernels.attention_probs(scores, mult, shift, alibi, window, exp)
+            y = (p @ v).transpose(1, 2).reshape(B, T, H * hd)
+            return NumbaKernels.requant(y, out_mult, out_shift, 127)
+        out = torch.empty((B, T, H * hd), dtype=torch.float32)  # short: one fused loop
+        _nb_attend(
+            _np(q),
+            _np(k),  # whole buffers, no copies
+            _np(v),
+            lo,
+            hi,
+            mult,
+            shift,
+            _np(alibi),
+            window or 0,
+            _np(exp),
+            _np(out_mult.reshape(-1)),
+            out_shift,
+            out.numpy(),
+        )
+        return out
 
     @staticmethod
     def counts(acc, mult, shift, exp, total):
