@@ -49,11 +49,12 @@ ADAPTIVE_VERSION = 2
 # clamped to [-SMAX, SMAX]
 SMAX = 3071
 ORDERS = (2, 3, 4, 6)  # hashed byte contexts (order 1 is a direct table)
-N_HASHED = len(ORDERS) + 1  # plus the word context
+N_HASHED = len(ORDERS) + 3  # plus the word context and two record contexts
 # mixer inputs: bias, prior, order 1, hashed orders, word, match
 N_IN = 3 + N_HASHED + 1
 IN_BIAS, IN_PRIOR, IN_O1, IN_H0 = 0, 1, 2, 3
 IN_MATCH = N_IN - 1
+RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 3  # mixer weight sets per node: no match on this node, short, long match
@@ -137,7 +138,8 @@ for _n in range(1, 256):
 
 # per-lane integer state (columns of LaneModels.lane)
 L_LEN, L_C1, L_MLANE, L_MPOS, L_MLEN, L_WORD = 0, 1, 2, 3, 4, 5
-L_HASH = 6  # N_HASHED context hashes follow
+L_RLEN, L_R1, L_RC1, L_R2, L_RC2 = 6, 7, 8, 9, 10  # record length and two candidates
+L_HASH = 11  # N_HASHED context hashes follow
 N_LANE = L_HASH + N_HASHED
 P_EXP = 0  # saved per lane at mix time (LaneModels.pend): expected byte of the match, -1
 N_PEND = 1
@@ -157,6 +159,7 @@ class LaneModels:
         self.lane = np.zeros((lanes, N_LANE), np.int64)
         self.lane[:, L_MLANE] = -1
         self.pend = np.full((lanes, N_PEND), -1, np.int64)
+        self.last = np.full((lanes, 256, 3), -1, np.int64)  # last 3 positions of each value
         self.inputs = np.zeros((lanes, N_IN, 256), np.int32)  # saved at mix time
         self.pmix = np.zeros((lanes, 256), np.int32)  # mixer output per node (16 bits)
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
@@ -176,6 +179,7 @@ class LaneModels:
             self.hist,
             self.lane,
             self.pend,
+            self.last,
             self.inputs,
             self.pmix,
             self.o1,
@@ -218,7 +222,9 @@ def _apm_idx(pm):
 
 
 @_jit
-def _mix_one(counts, b, out, hist, lane, pend, inputs, pmix, o1, ctab, match, mconf, w, a1, a2):
+def _mix_one(
+    counts, b, out, hist, lane, pend, last, inputs, pmix, o1, ctab, match, mconf, w, a1, a2
+):
     mask = ctab.shape[1] // 16 - 1
     x = inputs[b]  # (N_IN, 256): input i of node n, kept for update()
     # prior: subtree sums of the 256 counts, then p(bit = 1) of every node
@@ -327,7 +333,7 @@ def _learn_apm(v, y):
 
 
 @_jit
-def _update_one(sym, b, hist, lane, pend, inputs, pmix, o1, ctab, match, mconf, w, a1, a2):
+def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, mconf, w, a1, a2):
     cap = hist.shape[1]
     mask = ctab.shape[1] // 16 - 1
     c1 = lane[b, L_C1]
@@ -431,6 +437,44 @@ def _update_one(sym, b, hist, lane, pend, inputs, pmix, o1, ctab, match, mconf, 
         wd = 0
     lane[b, L_WORD] = wd
     lane[b, L_HASH + len(ORDERS)] = (wd + sym + 7) * 0x6A09E667F3BCC909
+    # record length: a distance r > 1 at which some byte value recurred 4 times in a row,
+    # confirmed RECORD_CONFIRM times (two candidates compete)
+    p1, p2, p3 = last[b, sym, 0], last[b, sym, 1], last[b, sym, 2]
+    r = t - p1
+    if p3 >= 0 and r > 1 and r == p1 - p2 and r == p2 - p3:
+        if r == lane[b, L_R1]:
+            lane[b, L_RC1] += 1
+        elif r == lane[b, L_R2]:
+            lane[b, L_RC2] += 1
+        elif lane[b, L_RC1] > lane[b, L_RC2]:
+            lane[b, L_R2] = r
+            lane[b, L_RC2] = 1
+        else:
+            lane[b, L_R1] = r
+            lane[b, L_RC1] = 1
+        if lane[b, L_RC1] >= RECORD_CONFIRM and lane[b, L_RLEN] != lane[b, L_R1]:
+            lane[b, L_RLEN] = lane[b, L_R1]
+            lane[b, L_RC1] = 0
+            lane[b, L_RC2] = 0
+    last[b, sym, 2] = p2
+    last[b, sym, 1] = p1
+    last[b, sym, 0] = t
+    # record contexts: the bytes one and two records above, and the byte above with the
+    # previous byte; without a record length, sparse contexts (bytes 2-3 and 2-4 back)
+    rl = lane[b, L_RLEN]
+    if rl > 0:
+        up1 = np.int64(hist[b, nlen - rl]) if nlen >= rl else 256
+        up2 = np.int64(hist[b, nlen - 2 * rl]) if nlen >= 2 * rl else 256
+        ra = ((rl << 20) + (up1 << 10) + up2 + 1) * 0x5DEECE66D1234567
+        rb = ((rl << 20) + (up1 << 10) + sym + 2) * 0x2F0B3A4E5D6C7B81
+    else:
+        q2 = np.int64(hist[b, nlen - 2]) if nlen >= 2 else 256
+        q3 = np.int64(hist[b, nlen - 3]) if nlen >= 3 else 256
+        q4 = np.int64(hist[b, nlen - 4]) if nlen >= 4 else 256
+        ra = ((q2 << 10) + q3 + 3) * 0x5DEECE66D1234567
+        rb = ((q2 << 20) + (q3 << 10) + q4 + 4) * 0x2F0B3A4E5D6C7B81
+    lane[b, L_HASH + len(ORDERS) + 1] = ra ^ ((ra >> 29) & 0x7FFFFFFFF)
+    lane[b, L_HASH + len(ORDERS) + 2] = rb ^ ((rb >> 29) & 0x7FFFFFFFF)
 
 
 @_jit
