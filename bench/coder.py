@@ -7,7 +7,8 @@ For a fixed input (default: the first 256 KiB of the Canterbury corpus's lcet10.
 integer model's ideal code length (sum of -log2 p over the model-coded segments), the
 bytes the range coder actually wrote for them (overhead %), and the median compress and
 decompress speed in KB/s (1 KB = 1000 bytes) over --repeat runs, each round trip
-verified. Results go to
+verified: with the adaptive stage (as megazip codes) and with the prior alone, measured
+side by side, so the stage's share of the time is the difference. Results go to
 bench/results/coder.{md,json} with the machine described.
 """
 
@@ -53,17 +54,24 @@ def main(argv=None) -> dict:
     seg = args.segment_size
     segments = [data[i : i + seg] for i in range(0, len(data), seg)]
 
-    # the model path alone: every segment model-coded, one block
+    # the model path: every segment model-coded, one block; the prior alone and with the
+    # adaptive stage, measured side by side in each repeat
     encode_block(coder, segments[:1])  # warm-up (compiles kernels on first use)
-    enc_t, dec_t = [], []
+    times: dict[str, list[float]] = {"enc": [], "dec": [], "enc_prior": [], "dec_prior": []}
     for _ in range(args.repeat):
-        t = time.perf_counter()
-        stream, bits = encode_block(coder, segments)
-        enc_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        back = decode_block(coder, stream, [len(s) for s in segments])
-        dec_t.append(time.perf_counter() - t)
-        assert back == segments, "round trip failed"
+        for adaptive, tag in ((True, ""), (False, "_prior")):
+            t = time.perf_counter()
+            stream_, bits_ = encode_block(coder, segments, adaptive=adaptive)
+            times["enc" + tag].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            back = decode_block(coder, stream_, [len(s) for s in segments], adaptive=adaptive)
+            times["dec" + tag].append(time.perf_counter() - t)
+            assert back == segments, "round trip failed"
+            if adaptive:
+                stream, bits = stream_, bits_
+            else:
+                prior_stream, prior_bits = stream_, bits_
+    med = {k: statistics.median(v) for k, v in times.items()}
     ideal = sum(bits) / 8
     # the whole container, as `megazip compress` writes it
     stats: dict = {}
@@ -89,8 +97,15 @@ def main(argv=None) -> dict:
         "coded_bytes": len(stream),
         "overhead_percent": 100 * (len(stream) / ideal - 1) if ideal else 0.0,
         "ideal_bits_per_byte": 8 * ideal / len(data),
-        "model_compress_kBps": kb / statistics.median(enc_t),
-        "model_decompress_kBps": kb / statistics.median(dec_t),
+        "model_compress_kBps": kb / med["enc"],
+        "model_decompress_kBps": kb / med["dec"],
+        "prior_ideal_bits_per_byte": sum(prior_bits) / len(data),
+        "prior_coded_bytes": len(prior_stream),
+        "prior_compress_kBps": kb / med["enc_prior"],
+        "prior_decompress_kBps": kb / med["dec_prior"],
+        # share of the coding time spent in the adaptive stage (with vs without it)
+        "adaptive_share_compress": 1 - med["enc_prior"] / med["enc"],
+        "adaptive_share_decompress": 1 - med["dec_prior"] / med["dec"],
         "container_bytes": len(blob),
         "container_bits_per_byte": 8 * len(blob) / len(data),
         "container_compress_kBps": kb / full_c,
@@ -110,12 +125,21 @@ def main(argv=None) -> dict:
             f"{len(stream):,} bytes (overhead {result['overhead_percent']:+.3f} %)",
         ),
         (
+            "prior alone (no adaptive stage)",
+            f"{result['prior_ideal_bits_per_byte']:.4f} bits/byte, "
+            f"{len(prior_stream):,} bytes coded",
+        ),
+        (
             "compress, model path",
-            f"{result['model_compress_kBps']:.1f} KB/s (median of {args.repeat})",
+            f"{result['model_compress_kBps']:.1f} KB/s (prior alone "
+            f"{result['prior_compress_kBps']:.1f}; adaptive stage "
+            f"{100 * result['adaptive_share_compress']:.0f} % of the time)",
         ),
         (
             "decompress, model path",
-            f"{result['model_decompress_kBps']:.1f} KB/s (median of {args.repeat})",
+            f"{result['model_decompress_kBps']:.1f} KB/s (prior alone "
+            f"{result['prior_decompress_kBps']:.1f}; adaptive stage "
+            f"{100 * result['adaptive_share_decompress']:.0f} % of the time)",
         ),
         (
             "megazip.compress (container)",

@@ -22,6 +22,7 @@ import torch
 RESIDUAL_LIMIT = 1 << 26  # residual streams are clamped to +-this (sums of squares fit int64)
 PROB_BITS = 15  # attention probabilities sum to ~2^15
 MASKED = -(1 << 40)
+ATTEND_THREADS_WORK = 1 << 20  # multiply-adds from which fused attention uses threads
 
 
 # ------------------------------------------------------------------------- reference
@@ -213,46 +214,52 @@ if nb is not None:
 
     # Products of integers below 2^24 in every partial sum are exact in float32 in any
     # order, so this kernel may let LLVM reassociate (vectorize) its sums.
-    @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift, out):
+    def _attend_loops(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift, out):
         B, H, T, hd = q.shape  # k, v: (B, H, capacity, hd), keys lo..hi-1; out (B, T, H*hd)
         S = hi - lo
         maxd = alibi.shape[1] - 1
         E = exp.shape[0] - 1
         half = np.int64(1) << (shift - 1)
         ohalf = np.int64(1) << (out_shift - 1)
-        w = np.empty(S, np.int64)
-        y = np.empty(hd, np.float32)
-        for b in range(B):
-            for h in range(H):
-                for t in range(T):
-                    pos = S - T + t
-                    first = 0 if window == 0 else max(0, pos - window + 1)
-                    top = np.int64(-(1 << 62))
-                    for s in range(first, pos + 1):
-                        acc = np.float32(0.0)  # |q.k| <= hd * 128 * 127 < 2^24: exact
-                        for j in range(hd):
-                            acc += q[b, h, t, j] * k[b, h, lo + s, j]
-                        logit = ((np.int64(acc) * mult + half) >> shift) - alibi[
-                            h, min(pos - s, maxd)
-                        ]
-                        w[s] = logit
-                        top = max(top, logit)
-                    den = np.int64(0)
-                    for s in range(first, pos + 1):
-                        e = exp[min(top - w[s], E)]
-                        w[s] = e
-                        den += e
+        for bh in nb.prange(B * H):  # rows are independent: threads cannot change results
+            b, h = bh // H, bh % H
+            w = np.empty(S, np.int64)
+            y = np.empty(hd, np.float32)
+            for t in range(T):
+                pos = S - T + t
+                first = 0 if window == 0 else max(0, pos - window + 1)
+                top = np.int64(-(1 << 62))
+                for s in range(first, pos + 1):
+                    acc = np.float32(0.0)  # |q.k| <= hd * 128 * 127 < 2^24: exact
                     for j in range(hd):
-                        y[j] = 0.0
-                    for s in range(first, pos + 1):
-                        p = np.float32(((w[s] << 15) + den // 2) // den)
-                        for j in range(hd):  # |y| <= (2^15 + S) * 128 < 2^24: exact
-                            y[j] += p * v[b, h, lo + s, j]
-                    for j in range(hd):
-                        c = h * hd + j
-                        r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
-                        out[b, t, c] = min(max(r, -127), 127)
+                        acc += q[b, h, t, j] * k[b, h, lo + s, j]
+                    logit = ((np.int64(acc) * mult + half) >> shift) - alibi[h, min(pos - s, maxd)]
+                    w[s] = logit
+                    top = max(top, logit)
+                den = np.int64(0)
+                for s in range(first, pos + 1):
+                    e = exp[min(top - w[s], E)]
+                    w[s] = e
+                    den += e
+                for j in range(hd):
+                    y[j] = 0.0
+                for s in range(first, pos + 1):
+                    p = np.float32(((w[s] << 15) + den // 2) // den)
+                    for j in range(hd):  # |y| <= (2^15 + S) * 128 < 2^24: exact
+                        y[j] += p * v[b, h, lo + s, j]
+                for j in range(hd):
+                    c = h * hd + j
+                    r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
+                    out[b, t, c] = min(max(r, -127), 127)
+
+    # Every partial sum above is an integer below 2^24, exact in float32 in any order, so
+    # LLVM may reassociate (vectorize) the sums; rows (lane, head) are independent, so
+    # threads cannot change the result either. Small calls stay serial (no thread start).
+    _fast = {"reassoc", "contract"}
+    _nb_attend = nb.njit(cache=True, nogil=True, fastmath=_fast)(_attend_loops)
+    _nb_attend_threads = nb.njit(cache=True, nogil=True, parallel=True, fastmath=_fast)(
+        _attend_loops
+    )
 
     @_jit
     def _nb_counts(acc, mult, shift, exp, total, out):
@@ -349,7 +356,8 @@ class NumbaKernels:
             y = (p @ v).transpose(1, 2).reshape(B, T, H * hd)
             return NumbaKernels.requant(y, out_mult, out_shift, 127)
         out = torch.empty((B, T, H * hd), dtype=torch.float32)  # short: one fused loop
-        _nb_attend(
+        big = B * H * T * (hi - lo) * hd >= ATTEND_THREADS_WORK and torch.get_num_threads() > 1
+        (_nb_attend_threads if big else _nb_attend)(
             _np(q),
             _np(k),  # whole buffers, no copies
             _np(v),

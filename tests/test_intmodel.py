@@ -400,6 +400,61 @@ def test_int_matmul_is_exact(K, M, N, xmode, wmode, xdtype, seed):
     assert torch.equal(out.to(torch.float64), torch.from_numpy(ref).to(torch.float64))
 
 
+@pytest.mark.skipif(not intmodel.INT8_GEMM, reason="this torch has no CPU int8 GEMM")
+@pytest.mark.parametrize("K", [1, 8, 256, 1024, 3000])
+def test_int8_gemm_layer_equals_int64_reference(K):
+    g = torch.Generator().manual_seed(K)
+    w = torch.randint(-127, 128, (K, 40), generator=g, dtype=torch.int64)
+    w[:, 0], w[: K // 2, 1] = 127, -127  # saturated columns
+    x = torch.randint(-127, 128, (2, 3, K), generator=g, dtype=torch.int64)
+    x[0, 0], x[0, 1] = 127, -127  # worst-case rows: |sum| = 127 * 127 * K
+    layer = intmodel.IntLinear(w.float(), torch.ones(40, dtype=torch.int64), 1, w.to(torch.int8))
+    out = layer(x.float())
+    assert out.shape == (2, 3, 40)
+    assert torch.equal(out.to(torch.int64), x @ w)
+    assert torch.equal(out.to(torch.int64), intmodel.int_matmul(x.float(), w.float()).long())
+
+
+def test_tables_equal_with_and_without_the_int8_gemm():
+    coder = saturate(random_coder(21, 1.0), "random")
+    T = WINDOW_BYTES + 4 * P
+    lanes = torch.cat([worst_case_lanes(T), torch.randint(0, 256, (5, T))])
+    tables = []
+    for int8 in (True, False):
+        c = clone(coder)
+        for block in c.global_blocks + c.local_blocks:
+            for lin in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj):
+                lin.w8 = lin.w.to(torch.int8) if int8 else None
+        c.head.w8 = c.head.w.to(torch.int8) if int8 else None
+        tables.append((full_tables(c, lanes, 64), c.counts_incremental(lanes[:, : 8 * P])))
+    assert torch.equal(tables[0][0], tables[1][0])
+    assert torch.equal(tables[0][1], tables[1][1])
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("numba"), reason="numba not installed")
+@pytest.mark.parametrize(
+    "T, S, lo, window", [(1, 1, 0, 0), (1, 9, 3, 0), (1, 40, 7, 16), (5, 33, 2, 8)]
+)
+@pytest.mark.parametrize("threads", [False, True])
+def test_fused_attention_equals_the_reference(T, S, lo, window, threads, monkeypatch):
+    from megazip import kernels
+
+    monkeypatch.setattr(kernels, "ATTEND_THREADS_WORK", 1 if threads else 1 << 62)
+    g = torch.Generator().manual_seed(T * 1000 + S)
+    B, H, hd = 3, 2, 16
+    q = torch.randint(-128, 128, (B, H, T, hd), generator=g).float()
+    k = torch.randint(-128, 128, (B, H, lo + S + 5, hd), generator=g).float()
+    v = torch.randint(-128, 128, (B, H, lo + S + 5, hd), generator=g).float()
+    q[0], k[0], v[0] = 127, 127, -128  # saturated lane: scores and sums at their largest
+    alibi = torch.randint(0, 40, (H, 50), generator=g)
+    exp = torch.tensor([round(2**15 * math.exp(-i / 32)) for i in range(700)] + [0])
+    out_mult = torch.randint(1, 2**12, (H * hd,), generator=g)
+    args = (q, k, v, lo, lo + S, 1500, 14, alibi, window, exp, out_mult, 18)
+    ref = kernels.TorchKernels.attend(*args)
+    assert torch.equal(kernels.NumbaKernels.attend(*args), ref)
+    assert ref.abs().max() <= 127
+
+
 def test_int_matmul_worst_case_sums_past_2_to_the_24():
     int_matmul = _find("int_matmul")
     for K in (1024, 1025, 1500, 2048, 4096):
