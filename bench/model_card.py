@@ -2,8 +2,8 @@
 
     python bench/model_card.py --checkpoint runs/tiny --name tiny [--corpus data/corpus]
 
-Copies the checkpoint into models/ (NAME.json, NAME.safetensors float weights,
-NAME.coder.safetensors integer coding model), then measures and writes models/NAME.md:
+Copies the checkpoint into models/ (NAME.json, NAME.safetensors float weights unless
+--coder-only, NAME.coder.safetensors integer coding model), then measures and writes models/NAME.md:
 validation bits/byte of the float and the integer model on the corpus validation split,
 bits/byte on every Canterbury file (float, integer, and the real megazip container,
 round-trip verified) next to zstd -19, xz -9e and bzip2 -9, and coding speed from
@@ -76,18 +76,28 @@ def main(argv=None):
     ap.add_argument("--corpus", default=str(ROOT / "data" / "corpus"))
     ap.add_argument("--command", default="", help="the training command, for the card")
     ap.add_argument("--hardware", default="", help="where it trained, for the card")
+    ap.add_argument(
+        "--coder-only",
+        action="store_true",
+        help="ship only the integer coding model (float figures come from the checkpoint)",
+    )
+    ap.add_argument("--speed-bytes", type=int, default=256 * 1024, help="bench/coder.py input")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
 
     models = checkpoint.shipped_models_dir()
     src = Path(args.checkpoint)
     meta = json.loads((src / checkpoint.CONFIG_FILE).read_text())
-    shutil.copyfile(src / checkpoint.WEIGHTS_FILE, models / f"{args.name}.safetensors")
+    weights = models / f"{args.name}.safetensors"
+    if args.coder_only:
+        weights.unlink(missing_ok=True)
+    else:
+        shutil.copyfile(src / checkpoint.WEIGHTS_FILE, weights)
     shutil.copyfile(src / checkpoint.CODER_FILE, models / f"{args.name}.coder.safetensors")
     meta_path = models / f"{args.name}.json"
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
-    model, _ = checkpoint.load(args.name)
+    model, _ = checkpoint.load(src)
     coder = load_coder(models / f"{args.name}.coder.safetensors")
     v_float, v_int = validation(model, coder, Path(args.corpus))
     print(f"validation: float {v_float:.4f}, int {v_int:.4f} bits/byte", flush=True)
@@ -121,7 +131,9 @@ def main(argv=None):
             flush=True,
         )
 
-    speed = coder_bench.main(["--model", args.name, "--repeat", "3"])
+    speed = coder_bench.main(
+        ["--model", args.name, "--repeat", "3", "--bytes", str(args.speed_bytes)]
+    )
     total = sum(r["bytes"] for r in rows)
 
     def avg(k):
@@ -171,7 +183,12 @@ def main(argv=None):
         f"{meta['train']['seq_len']} bytes, AdamW lr {meta['train']['lr']} cosine to "
         f"{meta['train']['min_lr']}, warm-up {meta['train']['warmup']}",
         f"- hardware: {args.hardware or meta.get('device', '?')}; wall time "
-        f"{meta.get('wall_s', 0) / 60:.0f} min",
+        f"{meta.get('wall_s', 0) / 60:.1f} min",
+        *([f"- note: {meta['weights_note']}"] if meta.get("weights_note") else []),
+        "- shipped: the integer coding model only (the float weights stay with the "
+        "checkpoint, to keep the model under 40 MB)"
+        if args.coder_only
+        else "- shipped: float weights and the integer coding model",
         "",
         "## Density",
         "",
@@ -204,16 +221,20 @@ def main(argv=None):
         "",
         "## Speed",
         "",
-        f"`python bench/coder.py --model {args.name}` (model path, {speed['lanes']} lanes, "
+        f"`python bench/coder.py --model {args.name} --bytes {args.speed_bytes}` "
+        f"(model path, {speed['lanes']} lanes, "
         f"median of 3): compress {speed['model_compress_kBps']:.1f} KB/s, decompress "
-        f"{speed['model_decompress_kBps']:.1f} KB/s; range coder overhead "
+        f"{speed['model_decompress_kBps']:.1f} KB/s with the adaptive stage (prior alone: "
+        f"{speed['prior_compress_kBps']:.1f} / {speed['prior_decompress_kBps']:.1f} KB/s); "
+        "range coder overhead "
         f"{speed['overhead_percent']:+.3f} % over the ideal code length.",
         "",
         f"Measured on: {markdown(describe('cpu'))}.",
         "",
         "Reproduce: `make corpus`, then "
         f"`{args.command or 'megazip train --recipe ' + args.name}`, then "
-        f"`python bench/model_card.py --checkpoint runs/{args.name} --name {args.name}`.",
+        f"`python bench/model_card.py --checkpoint {args.checkpoint} --name {args.name}"
+        f"{' --coder-only' if args.coder_only else ''}`.",
         "",
     ]
     (models / f"{args.name}.md").write_text("\n".join(lines))

@@ -357,14 +357,19 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     from megazip.evaluate import FileScore, evaluate, int_code_lengths
 
     dev = _device(device)
-    model, _ = checkpoint.load(model_name, dev)
+    # a shipped model may carry only its integer coding model: then score that alone
+    has_float = checkpoint.has_float_weights(model_name)
+    model = checkpoint.load(model_name, dev)[0] if has_float else None
+    use_int = use_int or not has_float
     coder = checkpoint.load_coder(model_name).to(dev) if use_int else None
     files = list_files(paths)
     hidden = quiet or not sys.stderr.isatty()
     bar = tqdm(
-        total=len(files) * (2 if use_int else 1), unit="file", disable=hidden, file=sys.stderr
+        total=len(files) * (has_float + use_int), unit="file", disable=hidden, file=sys.stderr
     )
-    columns = {"float": evaluate(model, files, dev, on_file=lambda s: bar.update(1))}
+    columns = {}
+    if model is not None:
+        columns["float"] = evaluate(model, files, dev, on_file=lambda s: bar.update(1))
     if coder is not None:
         pairs: list[tuple[float, float]] = []  # (integer model, + adaptive stage) per file
 
@@ -390,7 +395,7 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
         doc = {
             "model": model_name,
             "files": [{"path": s[0].path, "bytes": s[0].bytes, **row(s)} for s in per_file],
-            "total": {"bytes": columns["float"][1].bytes, **row([columns[n][1] for n in names])},
+            "total": {"bytes": columns[names[0]][1].bytes, **row([columns[n][1] for n in names])},
         }
         click.echo(json.dumps(doc, indent=2))
         return

@@ -48,6 +48,12 @@ def resolve(name_or_path: str | Path) -> tuple[Path, Path]:
     raise ModelNotFound(f"model not found: {name_or_path} (shipped models: {known})")
 
 
+def has_float_weights(name_or_path: str | Path) -> bool:
+    """Whether a checkpoint or shipped model has float weights (a shipped model may carry
+    only its integer coding model, to stay small)."""
+    return resolve(name_or_path)[1].is_file()
+
+
 def coder_path(name_or_path: str | Path) -> Path:
     """Path of the integer coding model of a checkpoint folder or shipped model."""
     cfg_path, _ = resolve(name_or_path)
@@ -96,7 +102,9 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> tuple[
     cfg_path, weights_path = resolve(name_or_path)
     meta = json.loads(cfg_path.read_text())
     if "config" not in meta or not weights_path.is_file():
-        raise ModelNotFound(f"not a float checkpoint: {name_or_path}")
+        raise ModelNotFound(
+            f"model {name_or_path} has no float weights (only its integer coding model)"
+        )
     model = Megabyte(MegabyteConfig.from_dict(meta["config"]))
     model.load_state_dict(load_file(str(weights_path)))
     return model.to(device).eval(), meta
