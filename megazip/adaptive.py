@@ -57,7 +57,7 @@ IN_MATCH = N_IN - 1
 RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
-N_MSTATE = 3  # mixer weight sets per node: no match on this node, short, long match
+N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
 LONG_MATCH = 16
 MIX_SHIFT = 16  # weights: 1.0 = 2^16
 LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
@@ -278,8 +278,9 @@ def _mix_one(
             xm[n] = sp if (e >> (7 - d)) & 1 else -sp
     fin = np.empty(256, np.int64)
     r0 = c1 << 8
+    rec = 3 if lane[b, L_RLEN] > 0 else 0
     for n in range(1, 256):
-        ws = w[n * N_MSTATE + mst[n]]
+        ws = w[n * N_MSTATE + mst[n] + rec]
         dot = np.int64(0)
         for i in range(N_IN):
             dot += ws[i] * x[i, n]
@@ -358,6 +359,7 @@ def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, m
                 j = NODE_ENTRY[n]
                 ctab[k, base + j] = _learn(np.int64(ctab[k, base + j]), y, COUNTER_LIMIT)
     on_path = e >= 0
+    rec = 3 if lane[b, L_RLEN] > 0 else 0
     for d in range(8):
         n = (256 + sym) >> (8 - d)
         y = (sym >> (7 - d)) & 1
@@ -379,7 +381,7 @@ def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, m
         # mixer
         pm = np.int64(pmix[b, n])
         err = (y << 16) - pm
-        ws = w[n * N_MSTATE + ms]
+        ws = w[n * N_MSTATE + ms + rec]
         cnt = ws[N_IN]
         err = (err * LR_DECAY[cnt]) >> 16
         ws[N_IN] = min(cnt + 1, LR_STEPS)
@@ -441,7 +443,13 @@ def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, m
     # confirmed RECORD_CONFIRM times (two candidates compete)
     p1, p2, p3 = last[b, sym, 0], last[b, sym, 1], last[b, sym, 2]
     r = t - p1
-    if p3 >= 0 and r > 1 and r == p1 - p2 and r == p2 - p3:
+    if (
+        p3 >= 0
+        and r > 1
+        and r == p1 - p2
+        and r == p2 - p3
+        and (r >= 16 or (t >= 5 * r and hist[b, t - 4 * r] == sym and hist[b, t - 5 * r] == sym))
+    ):
         if r == lane[b, L_R1]:
             lane[b, L_RC1] += 1
         elif r == lane[b, L_R2]:
