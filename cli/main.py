@@ -555,6 +555,20 @@ def train_cmd(ctx, recipe, **opts):
         )
 
 
+@main.command("export")
+@click.argument("folder")
+def export_cmd(folder):
+    """Export the integer coding model of a checkpoint folder (coder.safetensors) from its
+    float weights, calibrated on the training windows its config names."""
+    from megazip import checkpoint
+    from megazip.train import export_checkpoint
+
+    if not (Path(folder) / checkpoint.CONFIG_FILE).is_file():
+        raise UserError(f"{folder}: not a checkpoint folder (no {checkpoint.CONFIG_FILE})")
+    path = export_checkpoint(folder)
+    click.echo(f"wrote {path} (content hash {checkpoint.load_coder(folder).content_hash()})")
+
+
 @main.command("models")
 def models_cmd():
     """List the installed models: size, density and speed."""

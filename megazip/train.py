@@ -26,6 +26,7 @@ from .model import PRESETS, Megabyte, MegabyteConfig
 
 LN2 = math.log(2)
 STATE_FILE = "train_state.pt"
+CALIBRATION_SEED = 4321  # the training windows that calibrate the integer model
 
 
 @dataclass
@@ -206,7 +207,7 @@ def train(cfg: TrainConfig) -> dict:
     seq_len -= seq_len % mcfg.patch_size
     train_windows, valid_windows = _load_splits(cfg, seq_len)
     valid_set = valid_windows.fixed(cfg.eval_windows)
-    calibration_set = train_windows.fixed(cfg.eval_windows, seed=4321)
+    calibration_set = train_windows.fixed(cfg.eval_windows, seed=CALIBRATION_SEED)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -346,3 +347,18 @@ def train(cfg: TrainConfig) -> dict:
 
 def _config(name: str) -> MegabyteConfig:
     raise ValueError(f"unknown model preset: {name} (known: {', '.join(PRESETS)})")
+
+
+def export_checkpoint(folder: str | Path) -> Path:
+    """(Re-)export the integer coding model of a checkpoint folder from its float weights,
+    calibrated on the same training windows as during training (its recorded config).
+    Returns the path of the coder file written."""
+    folder = Path(folder)
+    model, meta = checkpoint.load(folder)
+    cfg = TrainConfig(**{**meta["train"], "progress": False})
+    seq_len = cfg.seq_len or model.config.context_bytes
+    seq_len -= seq_len % model.config.patch_size
+    train_windows, _ = _load_splits(cfg, seq_len)
+    with torch.no_grad():
+        coder = export(model, train_windows.fixed(cfg.eval_windows, seed=CALIBRATION_SEED))
+    return save_coder(coder, folder / checkpoint.CODER_FILE)

@@ -87,6 +87,20 @@ def test_time_limit_ends_the_schedule_early_with_a_final_checkpoint(tmp_path):
     assert (tmp_path / "run" / checkpoint.CODER_FILE).is_file()
 
 
+def test_export_command_rebuilds_the_coder_training_wrote(tmp_path):
+    train(small_cfg(tmp_path, steps=6))
+    run = tmp_path / "run"
+    written = checkpoint.load_coder(run).content_hash()
+    (run / checkpoint.CODER_FILE).unlink()
+    out = subprocess.run(megazip_cmd("export", str(run)), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert checkpoint.load_coder(run).content_hash() == written
+    assert written in out.stdout
+    bad = subprocess.run(megazip_cmd("export", str(tmp_path)), capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a checkpoint folder" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path):
     data = make_data(tmp_path)
     out = tmp_path / "ddp"
