@@ -102,6 +102,24 @@ def decode_block(
     lens = torch.tensor(lengths, dtype=torch.int64, device=dev)
     state = coder.new_state(B)
     models = LaneModels(B, T) if adaptive else None
+    # Byte by byte, every product has only B rows: a second CPU thread gains nothing, and
+    # on a busy machine its barriers cost more than the work. Decode on one thread.
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        _decode_steps(coder, dec, out, lens, state, models, progress)
+    finally:
+        torch.set_num_threads(threads)
+    host = out.cpu().numpy()
+    return [host[i, :n].tobytes() for i, n in enumerate(lengths)]
+
+
+def _decode_steps(coder, dec, out, lens, state, models, progress) -> None:
+    """The lockstep decoding loop of decode_block: fills `out` (B, T) in place."""
+    P = coder.config.patch_size
+    B, T = out.shape
+    dev = coder.device
     with torch.no_grad():
         for k in range(T // P):
             prev = (out[:, (k - 1) * P : k * P] if k else out[:, :P]).long()
@@ -132,5 +150,3 @@ def decode_block(
                     adaptive_stage.update(models, out[:, t].cpu().numpy(), act)
                 if progress:
                     progress(n)
-    host = out.cpu().numpy()
-    return [host[i, :n].tobytes() for i, n in enumerate(lengths)]

@@ -22,7 +22,6 @@ import torch
 RESIDUAL_LIMIT = 1 << 26  # residual streams are clamped to +-this (sums of squares fit int64)
 PROB_BITS = 15  # attention probabilities sum to ~2^15
 MASKED = -(1 << 40)
-ATTEND_THREADS_WORK = 1 << 20  # multiply-adds from which fused attention uses threads
 
 
 # ------------------------------------------------------------------------- reference
@@ -221,7 +220,7 @@ if nb is not None:
         E = exp.shape[0] - 1
         half = np.int64(1) << (shift - 1)
         ohalf = np.int64(1) << (out_shift - 1)
-        for bh in nb.prange(B * H):  # rows are independent: threads cannot change results
+        for bh in range(B * H):
             b, h = bh // H, bh % H
             w = np.empty(S, np.int64)
             y = np.empty(hd, np.float32)
@@ -253,13 +252,9 @@ if nb is not None:
                     out[b, t, c] = min(max(r, -127), 127)
 
     # Every partial sum above is an integer below 2^24, exact in float32 in any order, so
-    # LLVM may reassociate (vectorize) the sums; rows (lane, head) are independent, so
-    # threads cannot change the result either. Small calls stay serial (no thread start).
-    _fast = {"reassoc", "contract"}
-    _nb_attend = nb.njit(cache=True, nogil=True, fastmath=_fast)(_attend_loops)
-    _nb_attend_threads = nb.njit(cache=True, nogil=True, parallel=True, fastmath=_fast)(
-        _attend_loops
-    )
+    # LLVM may reassociate (vectorize) the sums. (No numba threads here: a parallel=True
+    # numba kernel in the same process was seen to slow torch's int8 GEMM 400-fold.)
+    _nb_attend = nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_attend_loops)
 
     @_jit
     def _nb_counts(acc, mult, shift, exp, total, out):
@@ -356,8 +351,7 @@ class NumbaKernels:
             y = (p @ v).transpose(1, 2).reshape(B, T, H * hd)
             return NumbaKernels.requant(y, out_mult, out_shift, 127)
         out = torch.empty((B, T, H * hd), dtype=torch.float32)  # short: one fused loop
-        big = B * H * T * (hi - lo) * hd >= ATTEND_THREADS_WORK and torch.get_num_threads() > 1
-        (_nb_attend_threads if big else _nb_attend)(
+        _nb_attend(
             _np(q),
             _np(k),  # whole buffers, no copies
             _np(v),
