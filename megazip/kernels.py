@@ -213,7 +213,11 @@ if nb is not None:
 
     # Products of integers below 2^24 in every partial sum are exact in float32 in any
     # order, so this kernel may let LLVM reassociate (vectorize) its sums.
-    def _attend_loops(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift, out):
+    # Every partial sum below is an integer below 2^24, exact in float32 in any order, so
+    # LLVM may reassociate (vectorize) the sums. (No numba threads here: a parallel=True
+    # numba kernel in the same process was seen to slow torch's int8 GEMM 400-fold.)
+    @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift, out):
         B, H, T, hd = q.shape  # k, v: (B, H, capacity, hd), keys lo..hi-1; out (B, T, H*hd)
         S = hi - lo
         maxd = alibi.shape[1] - 1
@@ -250,11 +254,6 @@ if nb is not None:
                     c = h * hd + j
                     r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
                     out[b, t, c] = min(max(r, -127), 127)
-
-    # Every partial sum above is an integer below 2^24, exact in float32 in any order, so
-    # LLVM may reassociate (vectorize) the sums. (No numba threads here: a parallel=True
-    # numba kernel in the same process was seen to slow torch's int8 GEMM 400-fold.)
-    _nb_attend = nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_attend_loops)
 
     @_jit
     def _nb_counts(acc, mult, shift, exp, total, out):
