@@ -275,7 +275,7 @@ class IntMegabyte:
         kern = self.kernels
         B, T, D = x.shape
         hd = D // a.n_heads
-        qkv = kern.requant(a.qkv(x), a.qkv.mult, a.qkv.shift, 127)  # (B, T, 3D) int8
+        qkv = kern.requant_qkv(a.qkv(x), a.qkv.mult, a.qkv.shift)  # (B, T, 3D) int8 values
         q, k, v = (
             t.reshape(B, T, a.n_heads, hd).transpose(1, 2) for t in qkv.split(D, dim=-1)
         )  # (B, H, T, hd) each

@@ -60,6 +60,11 @@ class TorchKernels:
         return torch.clamp(_rq(acc, mult, shift), -limit, limit).to(torch.float32)
 
     @staticmethod
+    def requant_qkv(acc, mult, shift):
+        """Accumulators -> queries, keys and values for attend() (float32 integers)."""
+        return TorchKernels.requant(acc, mult, shift, 127)
+
+    @staticmethod
     def requant_int(acc, mult, shift, limit):
         """Accumulators (M, N) -> clamped int64."""
         return torch.clamp(_rq(acc, mult, shift), -limit, limit)
@@ -135,6 +140,18 @@ if nb is not None:
     _jit = nb.njit(cache=True, nogil=True, fastmath=False)
 
     @_jit
+    def _floordiv(n, d, inv):
+        """floor(n / d) for int64 n and d > 0, given inv = 1.0 / d (float64): a float
+        estimate, then integer corrections, so the result is exact whatever the rounding
+        (an int64 division costs ~10x more, and these run once per element)."""
+        q = np.int64(np.floor(np.float64(n) * inv))
+        while q * d > n:
+            q -= 1
+        while (q + 1) * d <= n:
+            q += 1
+        return q
+
+    @_jit
     def _nb_norm(x, c, eps, out):
         M, D = x.shape
         for i in range(M):
@@ -148,8 +165,10 @@ if nb is not None:
             while (r + 1) * (r + 1) <= n:
                 r += 1
             r <<= 16
+            d = 2 * r
+            inv = 1.0 / np.float64(d)
             for j in range(D):
-                y = (2 * x[i, j] * c[j] + r) // (2 * r)
+                y = _floordiv(2 * x[i, j] * c[j] + r, d, inv)
                 out[i, j] = min(max(y, -127), 127)
 
     @_jit
@@ -208,52 +227,62 @@ if nb is not None:
                     den += e
                 for s in range(S):
                     out[r, t, s] = 0.0
+                inv = 1.0 / np.float64(den)
                 for s in range(lo, q + 1):
-                    out[r, t, s] = ((logits[s] << 15) + den // 2) // den
+                    out[r, t, s] = _floordiv((logits[s] << 15) + den // 2, den, inv)
 
-    # Products of integers below 2^24 in every partial sum are exact in float32 in any
-    # order, so this kernel may let LLVM reassociate (vectorize) its sums.
     # Every partial sum below is an integer below 2^24, exact in float32 in any order, so
     # LLVM may reassociate (vectorize) the sums. (No numba threads here: a parallel=True
     # numba kernel in the same process was seen to slow torch's int8 GEMM 400-fold.)
     @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
     def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift, out):
-        B, H, T, hd = q.shape  # k, v: (B, H, capacity, hd), keys lo..hi-1; out (B, T, H*hd)
-        S = hi - lo
+        B, H, T, hd = q.shape  # int8; k, v: (B, H, capacity, hd) int8, keys lo..hi-1
+        S = hi - lo  # out (B, T, H * hd) float32
         maxd = alibi.shape[1] - 1
         E = exp.shape[0] - 1
         half = np.int64(1) << (shift - 1)
         ohalf = np.int64(1) << (out_shift - 1)
-        for bh in range(B * H):
-            b, h = bh // H, bh % H
-            w = np.empty(S, np.int64)
-            y = np.empty(hd, np.float32)
-            for t in range(T):
-                pos = S - T + t
-                first = 0 if window == 0 else max(0, pos - window + 1)
-                top = np.int64(-(1 << 62))
-                for s in range(first, pos + 1):
-                    acc = np.float32(0.0)  # |q.k| <= hd * 128 * 127 < 2^24: exact
+        w = np.empty(S, np.int64)
+        qf = np.empty(hd, np.float32)
+        y = np.empty(hd, np.float32)
+        sc = np.empty(S, np.float32)
+        for b in range(B):
+            for h in range(H):
+                kb, vb = k[b, h], v[b, h]
+                for t in range(T):
+                    pos = S - T + t
+                    first = 0 if window == 0 else max(0, pos - window + 1)
                     for j in range(hd):
-                        acc += q[b, h, t, j] * k[b, h, lo + s, j]
-                    logit = ((np.int64(acc) * mult + half) >> shift) - alibi[h, min(pos - s, maxd)]
-                    w[s] = logit
-                    top = max(top, logit)
-                den = np.int64(0)
-                for s in range(first, pos + 1):
-                    e = exp[min(top - w[s], E)]
-                    w[s] = e
-                    den += e
-                for j in range(hd):
-                    y[j] = 0.0
-                for s in range(first, pos + 1):
-                    p = np.float32(((w[s] << 15) + den // 2) // den)
-                    for j in range(hd):  # |y| <= (2^15 + S) * 128 < 2^24: exact
-                        y[j] += p * v[b, h, lo + s, j]
-                for j in range(hd):
-                    c = h * hd + j
-                    r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
-                    out[b, t, c] = min(max(r, -127), 127)
+                        qf[j] = q[b, h, t, j]
+                    for s in range(first, pos + 1):
+                        kr = kb[lo + s]
+                        acc = np.float32(0.0)  # |q.k| <= hd * 128 * 128 < 2^24: exact
+                        for j in range(hd):
+                            acc += qf[j] * np.float32(kr[j])
+                        sc[s] = acc
+                    top = np.int64(-(1 << 62))
+                    for s in range(first, pos + 1):
+                        d = min(pos - s, maxd)
+                        logit = ((np.int64(sc[s]) * mult + half) >> shift) - alibi[h, d]
+                        w[s] = logit
+                        top = max(top, logit)
+                    den = np.int64(0)
+                    for s in range(first, pos + 1):
+                        e = exp[min(top - w[s], E)]
+                        w[s] = e
+                        den += e
+                    for j in range(hd):
+                        y[j] = 0.0
+                    inv = 1.0 / np.float64(den)
+                    for s in range(first, pos + 1):
+                        p = np.float32(_floordiv((w[s] << 15) + den // 2, den, inv))
+                        vr = vb[lo + s]
+                        for j in range(hd):  # |y| <= (2^15 + S) * 128 < 2^24: exact
+                            y[j] += p * np.float32(vr[j])
+                    for j in range(hd):
+                        c = h * hd + j
+                        r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
+                        out[b, t, c] = min(max(r, -127), 127)
 
     @_jit
     def _nb_counts(acc, mult, shift, exp, total, out):
@@ -277,8 +306,9 @@ if nb is not None:
                 logits[j] = exp[min(top - logits[j], E)]
                 den += logits[j]
             used = np.int64(0)
+            inv = 1.0 / np.float64(den)
             for j in range(N):
-                c = 1 + (logits[j] * free) // den
+                c = 1 + _floordiv(logits[j] * free, den, inv)
                 out[i, j] = c
                 used += c
             out[i, best] += total - used
@@ -341,14 +371,26 @@ class NumbaKernels:
         return out.view(B, H, T, S)
 
     @staticmethod
+    def requant_qkv(acc, mult, shift):
+        """Accumulators -> int8 queries, keys and values (a quarter of float32's memory
+        traffic in the attention loops and KV caches)."""
+        a = _rows(acc)
+        out = torch.empty(a.shape, dtype=torch.int8)
+        _nb_requant(_np(a), _np(mult.reshape(-1)), shift, 127, out.numpy())
+        return out.view(acc.shape)
+
+    @staticmethod
     def attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift):
+        """TorchKernels.attend for int8 (or float32) q, k, v."""
         B, H, T, hd = q.shape
         if T * (hi - lo) > 1024:  # long blocks: BLAS for the products, numba softmax
-            k, v = k[:, :, lo:hi], v[:, :, lo:hi]
+            q, k, v = (t.to(torch.float32) for t in (q, k[:, :, lo:hi], v[:, :, lo:hi]))
             scores = q @ k.transpose(-1, -2)
             p = NumbaKernels.attention_probs(scores, mult, shift, alibi, window, exp)
             y = (p @ v).transpose(1, 2).reshape(B, T, H * hd)
             return NumbaKernels.requant(y, out_mult, out_shift, 127)
+        if q.dtype != torch.int8:
+            q, k, v = (t.to(torch.int8) for t in (q, k, v))
         out = torch.empty((B, T, H * hd), dtype=torch.float32)  # short: one fused loop
         _nb_attend(
             _np(q),
