@@ -329,7 +329,8 @@ class IntMegabyte:
             x = self._block_forward(block, x, cache)
         state.patches_done += K
         g = self.global_norm
-        h = self.kernels.norm(x, g.c, g.eps).reshape(B * K, P, c.byte_dim).transpose(0, 1)
+        h = self.kernels.norm(x, g.c, g.eps).to(torch.float32)  # (B, K, D_G) int8 values
+        h = h.reshape(B * K, P, c.byte_dim).transpose(0, 1)
         acc = torch.bmm(h, self.to_local_w)  # (P, B*K, L): slot p uses its own weights
         acc = acc.transpose(0, 1).reshape(B * K, P * c.local_dim)
         out = self.kernels.requant_int(

@@ -6,9 +6,10 @@ of the memory traffic of the reference's many int64 elementwise ops (the GEMMs b
 them keep torch's threads; a second thread pool would only fight them). Tests assert
 both agree exactly.
 
-Conventions: int8-valued activations travel as float32 tensors (ready for the exact
-float32 GEMMs); GEMM accumulators are float32 (K <= 1024, exact) or float64 (sums of
-blocks, exact below 2^53); residual streams are int64. Rounding is always
+Conventions: int8-valued activations travel as float32 tensors in TorchKernels (ready
+for the exact float32 GEMMs) and as int8 tensors in NumbaKernels (for the int8 GEMM);
+GEMM accumulators are int32, float32 (K <= 1024, exact) or float64 (sums of blocks,
+exact below 2^53); residual streams are int64. Rounding is always
 `(acc * mult + 2^(shift-1)) >> shift` (half up), then a clamp to [-limit, limit].
 """
 
@@ -282,7 +283,7 @@ if nb is not None:
                     for j in range(hd):
                         c = h * hd + j
                         r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
-                        out[b, t, c] = min(max(r, -127), 127)
+                        out[b, t, c] = min(max(r, -127), 127)  # int8
 
     @_jit
     def _nb_counts(acc, mult, shift, exp, total, out):
@@ -323,14 +324,16 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 class NumbaKernels:
-    """The same integers as TorchKernels, from fused compiled loops (CPU tensors only)."""
+    """The same integers as TorchKernels, from fused compiled loops (CPU tensors only).
+    int8-valued activations (norm, GELU and attention outputs; queries, keys, values)
+    are int8 tensors here, ready for the int8 GEMM and a quarter of the memory traffic."""
 
     name = "numba"
 
     @staticmethod
     def norm(x, c, eps):
         xr = _rows(x)
-        out = torch.empty(xr.shape, dtype=torch.float32)
+        out = torch.empty(xr.shape, dtype=torch.int8)
         _nb_norm(_np(xr), _np(c), eps, out.numpy())
         return out.view(x.shape)
 
@@ -358,7 +361,7 @@ class NumbaKernels:
     @staticmethod
     def gelu(acc, mult, shift, table):
         a = _rows(acc)
-        out = torch.empty(a.shape, dtype=torch.float32)
+        out = torch.empty(a.shape, dtype=torch.int8)
         _nb_gelu(_np(a), _np(mult), shift, _np(table), out.numpy())
         return out.view(acc.shape)
 
@@ -388,10 +391,10 @@ class NumbaKernels:
             scores = q @ k.transpose(-1, -2)
             p = NumbaKernels.attention_probs(scores, mult, shift, alibi, window, exp)
             y = (p @ v).transpose(1, 2).reshape(B, T, H * hd)
-            return NumbaKernels.requant(y, out_mult, out_shift, 127)
+            return NumbaKernels.requant_qkv(y, out_mult, out_shift)
         if q.dtype != torch.int8:
             q, k, v = (t.to(torch.int8) for t in (q, k, v))
-        out = torch.empty((B, T, H * hd), dtype=torch.float32)  # short: one fused loop
+        out = torch.empty((B, T, H * hd), dtype=torch.int8)  # short: one fused loop
         _nb_attend(
             _np(q),
             _np(k),  # whole buffers, no copies
