@@ -136,33 +136,32 @@ class IntBlock:
 
 
 class IntKVCache:
-    """Keys/values (B, H, S, hd) of one layer as float32 integers: extend() returns the
-    buffers and the range [lo, hi) of positions that holds the last `keep` earlier
-    positions followed by the new ones. Entries live in a buffer
-    with room to spare, compacted only when full, so a step costs no full copy."""
+    """Keys/values (B, H, S, hd) of one layer, as integers of the kernels' kv_dtype.
+    reserve(T) returns the buffers and the position n where the next T entries go;
+    commit(T) then returns the range [lo, hi) of positions that holds the last `keep`
+    earlier positions followed by the new ones. Entries live in a buffer with room to
+    spare, compacted only when full, so a step costs no full copy."""
 
     def __init__(self, keep: int):
         self.keep = keep
         self.k = self.v = None  # buffers (B, H, capacity, hd)
         self.n = 0  # filled positions
 
-    def extend(self, k, v):
-        T = k.shape[2]
+    def reserve(self, B, H, T, hd, dtype, device):
         if self.k is None or self.n + T > self.k.shape[2]:
             m = min(self.n, self.keep)  # what is still visible
-            B, H, _, hd = k.shape
             cap = 2 * self.keep + T
-            bk = k.new_empty(B, H, cap, hd)
-            bv = v.new_empty(B, H, cap, hd)
+            bk = torch.empty((B, H, cap, hd), dtype=dtype, device=device)
+            bv = torch.empty((B, H, cap, hd), dtype=dtype, device=device)
             if m:
                 bk[:, :, :m] = self.k[:, :, self.n - m : self.n]
                 bv[:, :, :m] = self.v[:, :, self.n - m : self.n]
             self.k, self.v, self.n = bk, bv, m
-        self.k[:, :, self.n : self.n + T] = k
-        self.v[:, :, self.n : self.n + T] = v
+        return self.k, self.v, self.n
+
+    def commit(self, T):
         self.n += T
-        start = max(0, self.n - T - self.keep)
-        return self.k, self.v, start, self.n
+        return max(0, self.n - T - self.keep), self.n
 
 
 @dataclass
@@ -271,22 +270,19 @@ class IntMegabyte:
         return self._hash
 
     # -- the transformer, in integers
-    def _attention(self, a: IntAttention, x, cache):
+    def _attention(self, a: IntAttention, h, cache):
+        """h (B, T, D) int8 values -> the attention's int8 output (B, T, D); keys and
+        values go to `cache` (None: attend within these T positions only)."""
         kern = self.kernels
-        B, T, D = x.shape
-        hd = D // a.n_heads
-        qkv = kern.requant_qkv(a.qkv(x), a.qkv.mult, a.qkv.shift)  # (B, T, 3D) int8 values
-        q, k, v = (
-            t.reshape(B, T, a.n_heads, hd).transpose(1, 2) for t in qkv.split(D, dim=-1)
-        )  # (B, H, T, hd) each
-        if cache is not None:
-            k, v, lo, hi = cache.extend(k, v)  # buffers (B, H, capacity, hd), keys lo..hi-1
-        else:
-            k, v, lo, hi = k.contiguous(), v.contiguous(), 0, T
-        y = kern.attend(
+        B, T, D = h.shape
+        cache = cache if cache is not None else IntKVCache(0)
+        kbuf, vbuf, n = cache.reserve(B, a.n_heads, T, D // a.n_heads, kern.kv_dtype, h.device)
+        q = kern.qkv_to_cache(a.qkv(h), a.qkv.mult, a.qkv.shift, kbuf, vbuf, n)  # (B,H,T,hd)
+        lo, hi = cache.commit(T)  # keys lo..hi-1 of the buffers
+        return kern.attend(
             q,
-            k,
-            v,
+            kbuf,
+            vbuf,
             lo,
             hi,
             a.score_mult,
@@ -296,19 +292,22 @@ class IntMegabyte:
             a.exp,
             a.out_mult,
             a.out_shift,
-        )  # (B, T, D) int8 values
-        return a.proj(y)
-
-    def _block_forward(self, b: IntBlock, x, cache=None):
-        kern = self.kernels
-        h = kern.norm(x, b.norm1.c, b.norm1.eps)
-        x = kern.residual_add(
-            x, self._attention(b.attn, h, cache), b.attn.proj.mult, b.attn.proj.shift
         )
-        h = kern.norm(x, b.norm2.c, b.norm2.eps)
-        m = b.mlp
-        h = kern.gelu(m.fc(h), m.fc.mult, m.fc.shift, m.gelu)
-        return kern.residual_add(x, m.proj(h), m.proj.mult, m.proj.shift)
+
+    def _stack(self, blocks: list[IntBlock], x, caches, final: IntNorm):
+        """The residual stream x (B, T, D) int64 through `blocks` (pre-norm transformer
+        blocks), then `final` norm: returns its int8 values (B, T, D). Each residual add is
+        fused with the norm that reads its result."""
+        kern = self.kernels
+        after = [b.norm1 for b in blocks[1:]] + [final]
+        h = kern.norm(x, blocks[0].norm1.c, blocks[0].norm1.eps)
+        for b, cache, nxt in zip(blocks, caches, after, strict=True):
+            p, m = b.attn.proj, b.mlp
+            y = self._attention(b.attn, h, cache)
+            x, h = kern.residual_norm(x, p(y), p.mult, p.shift, b.norm2.c, b.norm2.eps)
+            g = kern.gelu(m.fc(h), m.fc.mult, m.fc.shift, m.gelu)
+            x, h = kern.residual_norm(x, m.proj(g), m.proj.mult, m.proj.shift, nxt.c, nxt.eps)
+        return h
 
     def new_state(self, batch: int) -> LaneState:
         return LaneState([IntKVCache(self.config.window - 1) for _ in self.global_blocks])
@@ -325,12 +324,9 @@ class IntMegabyte:
         x = x.reshape(B, K, c.global_dim)
         if state.patches_done == 0:
             x[:, 0] = self.global_pad
-        for block, cache in zip(self.global_blocks, state.caches, strict=True):
-            x = self._block_forward(block, x, cache)
+        h = self._stack(self.global_blocks, x, state.caches, self.global_norm)  # int8 values
         state.patches_done += K
-        g = self.global_norm
-        h = self.kernels.norm(x, g.c, g.eps).to(torch.float32)  # (B, K, D_G) int8 values
-        h = h.reshape(B * K, P, c.byte_dim).transpose(0, 1)
+        h = h.to(torch.float32).reshape(B * K, P, c.byte_dim).transpose(0, 1)
         acc = torch.bmm(h, self.to_local_w)  # (P, B*K, L): slot p uses its own weights
         acc = acc.transpose(0, 1).reshape(B * K, P * c.local_dim)
         out = self.kernels.requant_int(
@@ -339,10 +335,9 @@ class IntMegabyte:
         return out.reshape(B, K, P, c.local_dim)
 
     def _counts(self, h):
-        """Local residual (..., L) -> counts (..., 256), each >= 1, summing to COUNT_TOTAL
-        (the remainder goes to the first most likely byte)."""
-        n = self.local_norm
-        acc = self.head(self.kernels.norm(h, n.c, n.eps))
+        """Normalized local output (..., L) int8 values -> counts (..., 256), each >= 1,
+        summing to COUNT_TOTAL (the remainder goes to the first most likely byte)."""
+        acc = self.head(h)
         return self.kernels.counts(acc, self.head.mult, self.head.shift, self.out_exp, COUNT_TOTAL)
 
     def local_counts(self, patches: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -351,9 +346,9 @@ class IntMegabyte:
         B, K, P = patches.shape
         pad = torch.full_like(patches[..., :1], PAD_BYTE)
         prev = torch.cat([pad, patches[..., :-1]], -1).long()
-        h = (self.local_emb[prev] + context).reshape(B * K, P, -1)
-        for block in self.local_blocks:
-            h = self._block_forward(block, h)
+        x = (self.local_emb[prev] + context).reshape(B * K, P, -1)
+        caches = [None] * len(self.local_blocks)
+        h = self._stack(self.local_blocks, x, caches, self.local_norm)
         return self._counts(h).reshape(B, K, P, 256)
 
     def begin_patch(self, state: LaneState):
@@ -364,9 +359,8 @@ class IntMegabyte:
         """One byte for every lane. prev_byte (B,) the previous byte of this patch (PAD_BYTE
         at its start), context (B, L) this byte's slot of global_context. Returns counts
         (B, 256) int64."""
-        h = (self.local_emb[prev_byte.long()] + context)[:, None]  # (B, 1, L)
-        for block, cache in zip(self.local_blocks, state.local_caches, strict=True):
-            h = self._block_forward(block, h, cache)
+        x = (self.local_emb[prev_byte.long()] + context)[:, None]  # (B, 1, L)
+        h = self._stack(self.local_blocks, x, state.local_caches, self.local_norm)
         return self._counts(h[:, 0])
 
     @torch.no_grad()

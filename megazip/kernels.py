@@ -45,6 +45,7 @@ def isqrt(n: torch.Tensor) -> torch.Tensor:
 
 class TorchKernels:
     name = "torch"
+    kv_dtype = torch.float32  # of the KV caches
 
     @staticmethod
     def norm(x, c, eps):
@@ -61,9 +62,23 @@ class TorchKernels:
         return torch.clamp(_rq(acc, mult, shift), -limit, limit).to(torch.float32)
 
     @staticmethod
-    def requant_qkv(acc, mult, shift):
-        """Accumulators -> queries, keys and values for attend() (float32 integers)."""
-        return TorchKernels.requant(acc, mult, shift, 127)
+    def qkv_to_cache(acc, mult, shift, kbuf, vbuf, n):
+        """Accumulators (B, T, 3 * H * hd) -> queries (B, H, T, hd) returned; keys and
+        values written to kbuf[:, :, n : n + T] and vbuf[...] (buffers (B, H, capacity,
+        hd)). All requantized to int8 values."""
+        B, T, _ = acc.shape
+        H, hd = kbuf.shape[1], kbuf.shape[3]
+        qkv = TorchKernels.requant(acc, mult, shift, 127).to(kbuf.dtype)
+        q, k, v = (t.reshape(B, T, H, hd).transpose(1, 2) for t in qkv.split(H * hd, dim=-1))
+        kbuf[:, :, n : n + T] = k
+        vbuf[:, :, n : n + T] = v
+        return q
+
+    @staticmethod
+    def residual_norm(x, acc, mult, shift, c, eps):
+        """(x + requant(acc) clamped to the residual limit, norm of that with c, eps)."""
+        x = TorchKernels.residual_add(x, acc, mult, shift)
+        return x, TorchKernels.norm(x, c, eps)
 
     @staticmethod
     def requant_int(acc, mult, shift, limit):
@@ -153,24 +168,65 @@ if nb is not None:
         return q
 
     @_jit
+    def _norm_row(x, ss, c, eps, out):
+        """out = norm of the int64 row x, given ss = sum(x^2) (TorchKernels.norm)."""
+        D = x.shape[0]
+        n = ss // D + eps
+        r = np.int64(np.sqrt(np.float64(n)))
+        while r * r > n:
+            r -= 1
+        while (r + 1) * (r + 1) <= n:
+            r += 1
+        r <<= 16
+        d = 2 * r
+        inv = 1.0 / np.float64(d)
+        for j in range(D):
+            y = _floordiv(2 * x[j] * c[j] + r, d, inv)
+            out[j] = min(max(y, -127), 127)
+
+    @_jit
     def _nb_norm(x, c, eps, out):
         M, D = x.shape
         for i in range(M):
             ss = 0
             for j in range(D):
                 ss += x[i, j] * x[i, j]
-            n = ss // D + eps
-            r = np.int64(np.sqrt(np.float64(n)))
-            while r * r > n:
-                r -= 1
-            while (r + 1) * (r + 1) <= n:
-                r += 1
-            r <<= 16
-            d = 2 * r
-            inv = 1.0 / np.float64(d)
-            for j in range(D):
-                y = _floordiv(2 * x[i, j] * c[j] + r, d, inv)
-                out[i, j] = min(max(y, -127), 127)
+            _norm_row(x[i], ss, c, eps, out[i])
+
+    @_jit
+    def _nb_residual_norm(x, acc, mult, shift, limit, c, eps, xo, ho):
+        M, N = acc.shape
+        half = np.int64(1) << (shift - 1)
+        for i in range(M):
+            ss = 0
+            for j in range(N):
+                y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
+                y = min(max(y, -limit), limit) + x[i, j]
+                y = min(max(y, -limit), limit)
+                xo[i, j] = y
+                ss += y * y
+            _norm_row(xo[i], ss, c, eps, ho[i])
+
+    @_jit
+    def _nb_qkv_to_cache(acc, mult, shift, kbuf, vbuf, n, q):
+        B, T, _ = acc.shape
+        H, hd = kbuf.shape[1], kbuf.shape[3]
+        half = np.int64(1) << (shift - 1)
+        for b in range(B):
+            for t in range(T):
+                c = 0
+                for part in range(3):  # q, k, v
+                    for h in range(H):
+                        for j in range(hd):
+                            y = (np.int64(acc[b, t, c]) * mult[c] + half) >> shift
+                            y = min(max(y, -127), 127)
+                            if part == 0:
+                                q[b, h, t, j] = y
+                            elif part == 1:
+                                kbuf[b, h, n + t, j] = y
+                            else:
+                                vbuf[b, h, n + t, j] = y
+                            c += 1
 
     @_jit
     def _nb_requant(acc, mult, shift, limit, out):
@@ -179,16 +235,6 @@ if nb is not None:
         for i in range(M):
             for j in range(N):
                 y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
-                out[i, j] = min(max(y, -limit), limit)
-
-    @_jit
-    def _nb_residual_add(x, acc, mult, shift, limit, out):
-        M, N = acc.shape
-        half = np.int64(1) << (shift - 1)
-        for i in range(M):
-            for j in range(N):
-                y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
-                y = min(max(y, -limit), limit) + x[i, j]
                 out[i, j] = min(max(y, -limit), limit)
 
     @_jit
@@ -329,6 +375,7 @@ class NumbaKernels:
     are int8 tensors here, ready for the int8 GEMM and a quarter of the memory traffic."""
 
     name = "numba"
+    kv_dtype = torch.int8
 
     @staticmethod
     def norm(x, c, eps):
@@ -339,8 +386,9 @@ class NumbaKernels:
 
     @staticmethod
     def requant(acc, mult, shift, limit):
+        """As TorchKernels.requant, to int8 (limit <= 127)."""
         a = _rows(acc)
-        out = torch.empty(a.shape, dtype=torch.float32)
+        out = torch.empty(a.shape, dtype=torch.int8)
         _nb_requant(_np(a), _np(mult.reshape(-1)), shift, limit, out.numpy())
         return out.view(acc.shape)
 
@@ -352,11 +400,14 @@ class NumbaKernels:
         return out.view(acc.shape)
 
     @staticmethod
-    def residual_add(x, acc, mult, shift):
+    def residual_norm(x, acc, mult, shift, c, eps):
         a, xr = _rows(acc), _rows(x)
-        out = torch.empty(a.shape, dtype=torch.int64)
-        _nb_residual_add(_np(xr), _np(a), _np(mult), shift, RESIDUAL_LIMIT, out.numpy())
-        return out.view(x.shape)
+        xo = torch.empty(a.shape, dtype=torch.int64)
+        ho = torch.empty(a.shape, dtype=torch.int8)
+        _nb_residual_norm(
+            _np(xr), _np(a), _np(mult), shift, RESIDUAL_LIMIT, _np(c), eps, xo.numpy(), ho.numpy()
+        )
+        return xo.view(x.shape), ho.view(x.shape)
 
     @staticmethod
     def gelu(acc, mult, shift, table):
@@ -374,13 +425,13 @@ class NumbaKernels:
         return out.view(B, H, T, S)
 
     @staticmethod
-    def requant_qkv(acc, mult, shift):
-        """Accumulators -> int8 queries, keys and values (a quarter of float32's memory
-        traffic in the attention loops and KV caches)."""
-        a = _rows(acc)
-        out = torch.empty(a.shape, dtype=torch.int8)
-        _nb_requant(_np(a), _np(mult.reshape(-1)), shift, 127, out.numpy())
-        return out.view(acc.shape)
+    def qkv_to_cache(acc, mult, shift, kbuf, vbuf, n):
+        B, T, _ = acc.shape
+        q = torch.empty((B, kbuf.shape[1], T, kbuf.shape[3]), dtype=torch.int8)
+        _nb_qkv_to_cache(
+            _np(acc), _np(mult.reshape(-1)), shift, kbuf.numpy(), vbuf.numpy(), n, q.numpy()
+        )
+        return q
 
     @staticmethod
     def attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift):
@@ -391,7 +442,7 @@ class NumbaKernels:
             scores = q @ k.transpose(-1, -2)
             p = NumbaKernels.attention_probs(scores, mult, shift, alibi, window, exp)
             y = (p @ v).transpose(1, 2).reshape(B, T, H * hd)
-            return NumbaKernels.requant_qkv(y, out_mult, out_shift)
+            return NumbaKernels.requant(y, out_mult, out_shift, 127)
         if q.dtype != torch.int8:
             q, k, v = (t.to(torch.int8) for t in (q, k, v))
         out = torch.empty((B, T, H * hd), dtype=torch.int8)  # short: one fused loop
