@@ -157,14 +157,13 @@ if nb is not None:
 
     @_jit
     def _floordiv(n, d, inv):
-        """floor(n / d) for int64 n and d > 0, given inv = 1.0 / d (float64): a float
-        estimate, then integer corrections, so the result is exact whatever the rounding
-        (an int64 division costs ~10x more, and these run once per element)."""
+        """floor(n / d) for int64 n and d > 0 with |n / d| < 2^50, given inv = 1.0 / d: a
+        float64 estimate (relative error < 2^-51, so within 1 of the quotient), then one
+        integer correction each way. Branch-free and exact; an int64 division costs ~10x
+        more, and these run once per element."""
         q = np.int64(np.floor(np.float64(n) * inv))
-        while q * d > n:
-            q -= 1
-        while (q + 1) * d <= n:
-            q += 1
+        q -= np.int64(q * d > n)
+        q += np.int64((q + 1) * d <= n)
         return q
 
     @_jit
@@ -180,9 +179,14 @@ if nb is not None:
         r <<= 16
         d = 2 * r
         inv = 1.0 / np.float64(d)
-        for j in range(D):
-            y = _floordiv(2 * x[j] * c[j] + r, d, inv)
-            out[j] = min(max(y, -127), 127)
+        for j in range(D):  # branch-free, so LLVM vectorizes it
+            t = 2 * x[j] * c[j] + r
+            # float estimate of floor(t / d), clamped to [-129, 128]: within 1 of the
+            # exact quotient when that is in [-128, 127], on its side of the range if not
+            y = np.int64(min(max(np.floor(np.float64(t) * inv), -129.0), 128.0))
+            y -= np.int64(y * d > t)
+            y += np.int64((y + 1) * d <= t)
+            out[j] = min(max(y, -127), 127)  # = clamp(floor(t / d), -127, 127)
 
     @_jit
     def _nb_norm(x, c, eps, out):
@@ -214,19 +218,20 @@ if nb is not None:
         half = np.int64(1) << (shift - 1)
         for b in range(B):
             for t in range(T):
-                c = 0
-                for part in range(3):  # q, k, v
-                    for h in range(H):
-                        for j in range(hd):
-                            y = (np.int64(acc[b, t, c]) * mult[c] + half) >> shift
-                            y = min(max(y, -127), 127)
-                            if part == 0:
-                                q[b, h, t, j] = y
-                            elif part == 1:
-                                kbuf[b, h, n + t, j] = y
-                            else:
-                                vbuf[b, h, n + t, j] = y
-                            c += 1
+                for h in range(H):
+                    c = h * hd  # q, then k at c + H * hd, then v
+                    qr, kr, vr = q[b, h, t], kbuf[b, h, n + t], vbuf[b, h, n + t]
+                    for j in range(hd):
+                        y = (np.int64(acc[b, t, c + j]) * mult[c + j] + half) >> shift
+                        qr[j] = min(max(y, -127), 127)
+                    c += H * hd
+                    for j in range(hd):
+                        y = (np.int64(acc[b, t, c + j]) * mult[c + j] + half) >> shift
+                        kr[j] = min(max(y, -127), 127)
+                    c += H * hd
+                    for j in range(hd):
+                        y = (np.int64(acc[b, t, c + j]) * mult[c + j] + half) >> shift
+                        vr[j] = min(max(y, -127), 127)
 
     @_jit
     def _nb_requant(acc, mult, shift, limit, out):
@@ -242,10 +247,13 @@ if nb is not None:
         M, N = acc.shape
         limit = (table.shape[0] - 1) // 2
         half = np.int64(1) << (shift - 1)
+        idx = np.empty(N, np.int64)
         for i in range(M):
-            for j in range(N):
+            for j in range(N):  # vectorized, then the gathers
                 y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
-                out[i, j] = table[min(max(y, -limit), limit) + limit]
+                idx[j] = min(max(y, -limit), limit) + limit
+            for j in range(N):
+                out[i, j] = table[idx[j]]
 
     @_jit
     def _nb_attention(scores, mult, shift, alibi, window, exp, out):
@@ -276,7 +284,7 @@ if nb is not None:
                     out[r, t, s] = 0.0
                 inv = 1.0 / np.float64(den)
                 for s in range(lo, q + 1):
-                    out[r, t, s] = _floordiv((logits[s] << 15) + den // 2, den, inv)
+                    out[r, t, s] = _floordiv((logits[s] << 15) + den // 2, den, inv)  # <= 2^15
 
     # Every partial sum below is an integer below 2^24, exact in float32 in any order, so
     # LLVM may reassociate (vectorize) the sums. (No numba threads here: a parallel=True
@@ -322,7 +330,7 @@ if nb is not None:
                         y[j] = 0.0
                     inv = 1.0 / np.float64(den)
                     for s in range(first, pos + 1):
-                        p = np.float32(_floordiv((w[s] << 15) + den // 2, den, inv))
+                        p = np.float32(_floordiv((w[s] << 15) + den // 2, den, inv))  # <= 2^15
                         vr = vb[lo + s]
                         for j in range(hd):  # |y| <= (2^15 + S) * 128 < 2^24: exact
                             y[j] += p * np.float32(vr[j])
@@ -355,24 +363,31 @@ if nb is not None:
             used = np.int64(0)
             inv = 1.0 / np.float64(den)
             for j in range(N):
-                c = 1 + _floordiv(logits[j] * free, den, inv)
+                c = 1 + _floordiv(logits[j] * free, den, inv)  # quotient <= free
                 out[i, j] = c
                 used += c
             out[i, best] += total - used
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
+    """The array under a CPU tensor, without a copy (numba takes any strides)."""
+    return t.numpy() if not t.requires_grad else t.detach().numpy()
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1]).contiguous()
+def _rows(t: torch.Tensor) -> np.ndarray:
+    """(..., N) -> (M, N) array."""
+    return _np(t).reshape(-1, t.shape[-1])
+
+
+def _out(a: np.ndarray, shape) -> torch.Tensor:
+    return torch.from_numpy(a).view(shape)
 
 
 class NumbaKernels:
     """The same integers as TorchKernels, from fused compiled loops (CPU tensors only).
     int8-valued activations (norm, GELU and attention outputs; queries, keys, values)
-    are int8 tensors here, ready for the int8 GEMM and a quarter of the memory traffic."""
+    are int8 tensors here, ready for the int8 GEMM and a quarter of the memory traffic.
+    Outputs are allocated by numpy: a step makes a dozen calls, and wrapper costs count."""
 
     name = "numba"
     kv_dtype = torch.int8
@@ -380,58 +395,54 @@ class NumbaKernels:
     @staticmethod
     def norm(x, c, eps):
         xr = _rows(x)
-        out = torch.empty(xr.shape, dtype=torch.int8)
-        _nb_norm(_np(xr), _np(c), eps, out.numpy())
-        return out.view(x.shape)
+        out = np.empty(xr.shape, np.int8)
+        _nb_norm(xr, _np(c), eps, out)
+        return _out(out, x.shape)
 
     @staticmethod
     def requant(acc, mult, shift, limit):
         """As TorchKernels.requant, to int8 (limit <= 127)."""
         a = _rows(acc)
-        out = torch.empty(a.shape, dtype=torch.int8)
-        _nb_requant(_np(a), _np(mult.reshape(-1)), shift, limit, out.numpy())
-        return out.view(acc.shape)
+        out = np.empty(a.shape, np.int8)
+        _nb_requant(a, _np(mult).reshape(-1), shift, limit, out)
+        return _out(out, acc.shape)
 
     @staticmethod
     def requant_int(acc, mult, shift, limit):
         a = _rows(acc)
-        out = torch.empty(a.shape, dtype=torch.int64)
-        _nb_requant(_np(a), _np(mult.reshape(-1)), shift, limit, out.numpy())
-        return out.view(acc.shape)
+        out = np.empty(a.shape, np.int64)
+        _nb_requant(a, _np(mult).reshape(-1), shift, limit, out)
+        return _out(out, acc.shape)
 
     @staticmethod
     def residual_norm(x, acc, mult, shift, c, eps):
-        a, xr = _rows(acc), _rows(x)
-        xo = torch.empty(a.shape, dtype=torch.int64)
-        ho = torch.empty(a.shape, dtype=torch.int8)
-        _nb_residual_norm(
-            _np(xr), _np(a), _np(mult), shift, RESIDUAL_LIMIT, _np(c), eps, xo.numpy(), ho.numpy()
-        )
-        return xo.view(x.shape), ho.view(x.shape)
+        a = _rows(acc)
+        xo = np.empty(a.shape, np.int64)
+        ho = np.empty(a.shape, np.int8)
+        _nb_residual_norm(_rows(x), a, _np(mult), shift, RESIDUAL_LIMIT, _np(c), eps, xo, ho)
+        return _out(xo, x.shape), _out(ho, x.shape)
 
     @staticmethod
     def gelu(acc, mult, shift, table):
         a = _rows(acc)
-        out = torch.empty(a.shape, dtype=torch.int8)
-        _nb_gelu(_np(a), _np(mult), shift, _np(table), out.numpy())
-        return out.view(acc.shape)
+        out = np.empty(a.shape, np.int8)
+        _nb_gelu(a, _np(mult), shift, _np(table), out)
+        return _out(out, acc.shape)
 
     @staticmethod
     def attention_probs(scores, mult, shift, alibi, window, exp):
         B, H, T, S = scores.shape
-        out = torch.empty((B * H, T, S), dtype=torch.float32)
-        sc = scores.reshape(B * H, T, S).contiguous()
-        _nb_attention(_np(sc), mult, shift, _np(alibi), window or 0, _np(exp), out.numpy())
-        return out.view(B, H, T, S)
+        out = np.empty((B * H, T, S), np.float32)
+        sc = _np(scores).reshape(B * H, T, S)
+        _nb_attention(sc, mult, shift, _np(alibi), window or 0, _np(exp), out)
+        return _out(out, (B, H, T, S))
 
     @staticmethod
     def qkv_to_cache(acc, mult, shift, kbuf, vbuf, n):
         B, T, _ = acc.shape
-        q = torch.empty((B, kbuf.shape[1], T, kbuf.shape[3]), dtype=torch.int8)
-        _nb_qkv_to_cache(
-            _np(acc), _np(mult.reshape(-1)), shift, kbuf.numpy(), vbuf.numpy(), n, q.numpy()
-        )
-        return q
+        q = np.empty((B, kbuf.shape[1], T, kbuf.shape[3]), np.int8)
+        _nb_qkv_to_cache(_np(acc), _np(mult).reshape(-1), shift, _np(kbuf), _np(vbuf), n, q)
+        return torch.from_numpy(q)
 
     @staticmethod
     def attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift):
@@ -445,7 +456,7 @@ class NumbaKernels:
             return NumbaKernels.requant(y, out_mult, out_shift, 127)
         if q.dtype != torch.int8:
             q, k, v = (t.to(torch.int8) for t in (q, k, v))
-        out = torch.empty((B, T, H * hd), dtype=torch.int8)  # short: one fused loop
+        out = np.empty((B, T, H * hd), np.int8)  # short: one fused loop
         _nb_attend(
             _np(q),
             _np(k),  # whole buffers, no copies
@@ -457,18 +468,18 @@ class NumbaKernels:
             _np(alibi),
             window or 0,
             _np(exp),
-            _np(out_mult.reshape(-1)),
+            _np(out_mult).reshape(-1),
             out_shift,
-            out.numpy(),
+            out,
         )
-        return out
+        return torch.from_numpy(out)
 
     @staticmethod
     def counts(acc, mult, shift, exp, total):
         a = _rows(acc)
-        out = torch.empty(a.shape, dtype=torch.int64)
-        _nb_counts(_np(a), _np(mult), shift, _np(exp), total, out.numpy())
-        return out.view(acc.shape)
+        out = np.empty(a.shape, np.int64)
+        _nb_counts(a, _np(mult), shift, _np(exp), total, out)
+        return _out(out, acc.shape)
 
 
 def kernels_for(device: torch.device):
