@@ -1,4 +1,4 @@
-"""The adaptive stage (version 2): context mixing on top of the model, shared by a block.
+"""The adaptive stage (version 3): context mixing on top of the model, shared by a block.
 
 A prior cannot know a file's own statistics. This stage learns them online, in integer
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
@@ -13,13 +13,23 @@ through a tree of 255 nodes, node n in 1..255 (children 2n for bit 0 and 2n + 1 
   (context, node), in buckets of 16 entries per (context, high nibble) with a check word;
 - a match model: the byte that followed the last occurrence of the last MIN_MATCH bytes
   (in any lane of the block), predicted with a learned confidence per match length;
+- a record model: with a record length r (fixed-width records, image rows), contexts of
+  the bytes one and two records above, the byte above with its right neighbour and the
+  previous byte, and an order-0 context; without one, two sparse contexts. The encoder
+  chooses r for the whole block from all its bytes (choose_record) and signals it in the
+  stream, so every lane uses it from its first byte; with r = 0 each lane still detects
+  its own from recurring byte distances;
 
 all mixed in the logistic ("stretch") domain by a single-layer network with integer
-weights selected by the node and the match state, learned online; then refined by two
-adaptive probability maps (APM/SSE) selected by the node and by (node, previous byte).
-The 255 node probabilities become the 256 counts the coder needs: a byte's count is the
-product of its path's probabilities, computed top down in integers so that every count
-is >= 1 and they sum to COUNT_TOTAL exactly.
+weights selected by the node, the match state and the record state, learned online; then
+refined by adaptive probability maps (APM/SSE) selected by the node, by (node, previous
+byte) and, with a record length, by (node, byte above). The 255 node probabilities
+become the 256 counts the coder needs: a byte's count is the product of its path's
+probabilities, computed top down in integers so that every count is >= 1 and they sum
+to COUNT_TOTAL exactly. Nodes are computed parents first; a node whose share of the
+count mass is below LAZY_MASS (of 2^24) is not mixed: it takes the order-1 counter's
+probability (or the prior's), which costs little, since such bytes are rare, and saves
+most of the work on predictable data.
 
 State is shared by all lanes of a block (one range-coder stream): all active lanes are
 predicted at step t from the state after step t - 1, then the state learns from every
@@ -42,14 +52,17 @@ import numpy as np
 
 from .intmodel import COUNT_TOTAL
 
-ADAPTIVE_VERSION = 2
+ADAPTIVE_VERSION = 3
 
 # ---- fixed-point conventions -------------------------------------------------------
 # probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
 # clamped to [-SMAX, SMAX]
 SMAX = 3071
 ORDERS = (2, 3, 4, 6)  # hashed byte contexts (order 1 is a direct table)
-N_HASHED = len(ORDERS) + 3  # plus the word context and two record contexts
+# plus the word context, two record (or sparse) contexts, and two contexts that exist
+# only with a record length (order 0; the byte above, its right neighbour and the last)
+N_HASHED = len(ORDERS) + 5
+N_EXTRA = 2
 # mixer inputs: bias, prior, order 1, hashed orders, word, match
 N_IN = 3 + N_HASHED + 1
 IN_BIAS, IN_PRIOR, IN_O1, IN_H0 = 0, 1, 2, 3
@@ -63,7 +76,7 @@ MIX_SHIFT = 16  # weights: 1.0 = 2^16
 LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
 LR_HALF = 256  # the rate of a weight set falls as 1 / (1 + n / LR_HALF) after n updates
 LR_FLOOR = 16  # ... down to 1 / LR_FLOOR
-COUNTER_LIMIT = 60  # adaptive counters: rate 1 / (n + 1.5), n capped here
+COUNTER_LIMIT = 255  # adaptive counters: rate 1 / (n + 1.5), n capped here
 APM_SHIFT = 8
 APM_STEP = 1 << APM_SHIFT
 APM_KNOTS = 2 * 3072 // APM_STEP + 1  # 25 knots over the stretch range
@@ -72,6 +85,11 @@ APM_INIT = 8  # initial observation count of an APM knot (its first rates: 1 / 9
 MAX_BUCKET_BITS = 18  # per hashed context kind: at most 2^18 buckets of 16 entries
 MIN_BUCKET_BITS = 10
 MATCH_BITS_MAX = 22
+ORDER0_HASH = 7146604135283800957  # the order-0 context of record lanes
+MAX_RECORD = 2048  # longest record length the encoder looks for
+RECORD_LIMIT = 65535  # longest record length a stream may signal
+RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
+LAZY_MASS = 1024  # nodes with less of the 2^24 mass take the prior's probability
 
 _jit = nb.njit(cache=True, nogil=True)
 
@@ -136,21 +154,22 @@ NODE_OF = np.zeros((17, 16), np.int64)  # the inverse: node of (bucket, entry)
 for _n in range(1, 256):
     NODE_OF[NODE_BUCKET[_n], NODE_ENTRY[_n]] = _n
 
-# per-lane integer state (columns of LaneModels.lane)
+# per-lane integer state (columns of LaneModels.lane); L_U1: the byte above (record)
 L_LEN, L_C1, L_MLANE, L_MPOS, L_MLEN, L_WORD = 0, 1, 2, 3, 4, 5
 L_RLEN, L_R1, L_RC1, L_R2, L_RC2 = 6, 7, 8, 9, 10  # record length and two candidates
-L_HASH = 11  # N_HASHED context hashes follow
+L_U1 = 11
+L_HASH = 12  # N_HASHED context hashes follow
 N_LANE = L_HASH + N_HASHED
 P_EXP = 0  # saved per lane at mix time (LaneModels.pend): expected byte of the match, -1
 N_PEND = 1
 
 
 class LaneModels:
-    """Adaptive state of one block of B lanes of up to `capacity` bytes each: per-lane
-    histories and a model shared by the lanes (numpy arrays, sized from B * capacity
-    with fixed caps)."""
+    """Adaptive state of one block of B lanes of up to `capacity` bytes each, given the
+    block's signalled record length `record` (0: none): per-lane histories and a model
+    shared by the lanes (numpy arrays, sized from B * capacity with fixed caps)."""
 
-    def __init__(self, lanes: int, capacity: int):
+    def __init__(self, lanes: int, capacity: int, record: int = 0):
         capacity = max(int(capacity), 1)
         total = lanes * capacity
         bits = min(MAX_BUCKET_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 1))
@@ -173,6 +192,13 @@ class LaneModels:
         knots = (SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20) + APM_INIT
         self.apm1 = np.tile(knots, (256, 1))
         self.apm2 = np.tile(knots, (256 * 256, 1))
+        self.apm3 = np.tile(knots, (256 * 256, 1))
+        # block parameters: [0] the record length signalled for the block (0: none; the
+        # lanes then detect their own, as in version 2)
+        self.params = np.zeros(1, np.int64)
+        if record:
+            self.params[0] = record
+            self.lane[:, L_RLEN] = record
 
     def arrays(self):
         return (
@@ -189,6 +215,8 @@ class LaneModels:
             self.weights,
             self.apm1,
             self.apm2,
+            self.apm3,
+            self.params,
         )
 
 
@@ -222,39 +250,50 @@ def _apm_idx(pm):
 
 
 @_jit
+def _cheap(tree, n, o1, r0):
+    """p(bit = 1) of a node below LAZY_MASS: the order-1 counter once it has seen the
+    node, else the prior."""
+    v = np.int64(o1[r0 + n])
+    if v & 0xFFFF:
+        return v >> 16
+    return min(65535, max(1, (tree[2 * n + 1] << 16) // tree[n]))
+
+
+@_jit
 def _mix_one(
-    counts, b, out, hist, lane, pend, last, inputs, pmix, o1, ctab, match, mconf, w, a1, a2
+    counts,
+    b,
+    out,
+    hist,
+    lane,
+    pend,
+    last,
+    inputs,
+    pmix,
+    o1,
+    ctab,
+    match,
+    mconf,
+    w,
+    a1,
+    a2,
+    a3,
+    params,
 ):
     mask = ctab.shape[1] // 16 - 1
     x = inputs[b]  # (N_IN, 256): input i of node n, kept for update()
-    # prior: subtree sums of the 256 counts, then p(bit = 1) of every node
+    pmb = pmix[b]
+    # prior: subtree sums of the 256 counts
     tree = np.empty(512, np.int64)
     for i in range(256):
         tree[256 + i] = counts[i]
     for n in range(255, 0, -1):
         tree[n] = tree[2 * n] + tree[2 * n + 1]
-    for n in range(1, 256):
-        x[IN_BIAS, n] = 256
-        x[IN_PRIOR, n] = _st((tree[2 * n + 1] << 16) // tree[n])
     c1 = lane[b, L_C1]
-    o1base = c1 * 256
-    for n in range(1, 256):
-        v = np.int64(o1[o1base + n])
-        x[IN_O1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-    # hashed contexts: 17 buckets of 15 nodes each (absent bucket: inputs 0)
-    for k in range(N_HASHED):
-        h = lane[b, L_HASH + k]
-        xi = x[IN_H0 + k]
-        for s in range(17):
-            base, chk = _bucket(h, s, mask)
-            present = np.int64(ctab[k, base]) == chk
-            for j in range(1, 16):
-                n = NODE_OF[s, j]
-                if present:
-                    v = np.int64(ctab[k, base + j])
-                    xi[n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                else:
-                    xi[n] = 0
+    r0 = c1 << 8
+    rec = 3 if lane[b, L_RLEN] > 0 else 0
+    u0 = lane[b, L_U1] << 8
+    nk = N_HASHED if rec else N_HASHED - N_EXTRA
     # match model: expected byte
     e = -1
     mlen = 0
@@ -265,43 +304,81 @@ def _mix_one(
             e = np.int64(hist[ml, mp])
             mlen = min(lane[b, L_MLEN], MAX_LEN)
     pend[b, P_EXP] = e
-    xm = x[IN_MATCH]
-    for n in range(1, 256):
-        xm[n] = 0
-    mst = np.zeros(256, np.int64)
+    sp = 0
+    mst = 0
     if e >= 0:
         sp = _st(mconf[mlen, 0])
-        st = 1 if mlen < LONG_MATCH else 2
-        for d in range(8):
-            n = (256 + e) >> (8 - d)
-            mst[n] = st
-            xm[n] = sp if (e >> (7 - d)) & 1 else -sp
-    fin = np.empty(256, np.int64)
-    r0 = c1 << 8
-    rec = 3 if lane[b, L_RLEN] > 0 else 0
-    for n in range(1, 256):
-        ws = w[n * N_MSTATE + mst[n] + rec]
-        dot = np.int64(0)
-        for i in range(N_IN):
-            dot += ws[i] * x[i, n]
-        pm = _sq(dot >> MIX_SHIFT)
-        pmix[b, n] = pm
-        sv = _st(pm) + 3072
-        k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
-        f1 = sv - (k1 << APM_SHIFT)
-        g1 = APM_STEP - f1
-        q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-        r = r0 + n
-        q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-        p = (2 * pm + q1 + q2) >> 2
-        fin[n] = min(65535, max(1, p))
-    # counts: path products, top down, each leaf + 1
+        mst = 1 if mlen < LONG_MATCH else 2
+    lazy = LAZY_MASS
     mass = np.empty(512, np.int64)
     mass[1] = COUNT_TOTAL - 256
-    for n in range(1, 256):
-        m1 = (mass[n] * fin[n]) >> 16
-        mass[2 * n + 1] = m1
-        mass[2 * n] = mass[n] - m1
+    bases = np.empty(N_HASHED, np.int64)
+    for s in range(17):
+        top = 1 if s == 0 else 16 + s - 1  # the bucket's first node
+        if mass[top] < lazy:  # the whole bucket is below LAZY_MASS: prior only
+            for j in range(1, 16):
+                n = NODE_OF[s, j]
+                p = _cheap(tree, n, o1, r0)
+                pmb[n] = 0
+                m1 = (mass[n] * p) >> 16
+                mass[2 * n + 1] = m1
+                mass[2 * n] = mass[n] - m1
+            continue
+        for k in range(nk):
+            base, chk = _bucket(lane[b, L_HASH + k], s, mask)
+            bases[k] = base if np.int64(ctab[k, base]) == chk else -1
+        for j in range(1, 16):
+            n = NODE_OF[s, j]
+            if mass[n] < lazy:
+                p = _cheap(tree, n, o1, r0)
+                pmb[n] = 0
+                m1 = (mass[n] * p) >> 16
+                mass[2 * n + 1] = m1
+                mass[2 * n] = mass[n] - m1
+                continue
+            x[IN_BIAS, n] = 256
+            x[IN_PRIOR, n] = _st((tree[2 * n + 1] << 16) // tree[n])
+            v = np.int64(o1[r0 + n])
+            x[IN_O1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+            for k in range(nk):
+                base = bases[k]
+                if base >= 0:
+                    v = np.int64(ctab[k, base + j])
+                    x[IN_H0 + k, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                else:
+                    x[IN_H0 + k, n] = 0
+            for k in range(nk, N_HASHED):
+                x[IN_H0 + k, n] = 0
+            st = 0
+            x[IN_MATCH, n] = 0
+            if e >= 0:
+                d = DEPTH[n]
+                if ((256 + e) >> (8 - d)) == n:
+                    st = mst
+                    x[IN_MATCH, n] = sp if (e >> (7 - d)) & 1 else -sp
+            ws = w[n * N_MSTATE + st + rec]
+            dot = np.int64(0)
+            for i in range(N_IN):
+                dot += ws[i] * x[i, n]
+            pm = _sq(dot >> MIX_SHIFT)
+            pmb[n] = pm
+            sv = _st(pm) + 3072
+            k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
+            f1 = sv - (k1 << APM_SHIFT)
+            g1 = APM_STEP - f1
+            q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+            r = r0 + n
+            q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+            if rec:
+                r = u0 + n
+                q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+                p = (pm + q1 + q2 + q3) >> 2
+            else:
+                p = (2 * pm + q1 + q2) >> 2
+            p = min(65535, max(1, p))
+            m1 = (mass[n] * p) >> 16
+            mass[2 * n + 1] = m1
+            mass[2 * n] = mass[n] - m1
     for i in range(256):
         out[i] = mass[256 + i] + 1
 
@@ -334,7 +411,9 @@ def _learn_apm(v, y):
 
 
 @_jit
-def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, mconf, w, a1, a2):
+def _update_one(
+    sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, mconf, w, a1, a2, a3, params
+):
     cap = hist.shape[1]
     mask = ctab.shape[1] // 16 - 1
     c1 = lane[b, L_C1]
@@ -344,7 +423,8 @@ def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, m
     if e >= 0:
         mst = 1 if mlen < LONG_MATCH else 2
     # hashed contexts: the high-nibble bucket and the actual low-nibble bucket
-    for k in range(N_HASHED):
+    nk = N_HASHED if lane[b, L_RLEN] > 0 else N_HASHED - N_EXTRA
+    for k in range(nk):
         h = lane[b, L_HASH + k]
         for s in (0, 1 + (sym >> 4)):
             base, chk = _bucket(h, s, mask)
@@ -378,8 +458,10 @@ def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, m
                 mconf[mlen, 1] = c + 1
             else:
                 on_path = False
-        # mixer
         pm = np.int64(pmix[b, n])
+        if pm == 0:  # not mixed (below LAZY_MASS): no mixer or APM to train
+            continue
+        # mixer
         err = (y << 16) - pm
         ws = w[n * N_MSTATE + ms + rec]
         cnt = ws[N_IN]
@@ -393,6 +475,9 @@ def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, m
         a1[n, k1] = _learn_apm(a1[n, k1], y)
         r = n + (c1 << 8)
         a2[r, k1] = _learn_apm(a2[r, k1], y)
+        if rec:
+            r = n + (lane[b, L_U1] << 8)
+            a3[r, k1] = _learn_apm(a3[r, k1], y)
     # history, match pointer, context hashes
     t = lane[b, L_LEN]
     hist[b, t] = sym
@@ -444,7 +529,8 @@ def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, m
     p1, p2, p3 = last[b, sym, 0], last[b, sym, 1], last[b, sym, 2]
     r = t - p1
     if (
-        p3 >= 0
+        params[0] == 0
+        and p3 >= 0
         and r > 1
         and r == p1 - p2
         and r == p2 - p3
@@ -483,6 +569,12 @@ def _update_one(sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, m
         rb = ((q2 << 20) + (q3 << 10) + q4 + 4) * 0x2F0B3A4E5D6C7B81
     lane[b, L_HASH + len(ORDERS) + 1] = ra ^ ((ra >> 29) & 0x7FFFFFFFF)
     lane[b, L_HASH + len(ORDERS) + 2] = rb ^ ((rb >> 29) & 0x7FFFFFFFF)
+    if rl > 0:
+        ur = np.int64(hist[b, nlen - rl + 1]) if nlen >= rl - 1 and rl > 1 else 256
+        lane[b, L_U1] = up1 & 255
+        eb = ((up1 << 20) + (ur << 10) + sym + 6) * 0x3E5B7C9D1F2A4B6D
+        lane[b, L_HASH + N_HASHED - 2] = ORDER0_HASH  # 0 before the lane's first byte
+        lane[b, L_HASH + N_HASHED - 1] = eb ^ ((eb >> 29) & 0x7FFFFFFFF)
 
 
 @_jit
@@ -531,3 +623,44 @@ def mix_chunk(models: LaneModels, counts: np.ndarray, symbols: np.ndarray, activ
     out = counts.copy()
     _encode_chunk(counts, symbols, active, out, *models.arrays())
     return out
+
+
+@_jit
+def _record_scores(data, rmax, windows, width):
+    """sc[r]: in `windows` evenly spaced windows of `width` bytes, how often a byte that
+    differs from its predecessor equals the byte r before it (r = 2..rmax)."""
+    n = data.shape[0]
+    sc = np.zeros(rmax + 1, np.int64)
+    for w in range(windows):
+        start = (n - width) * w // max(windows - 1, 1)
+        for i in range(max(start, 1), start + width):
+            v = data[i]
+            if v == data[i - 1]:
+                continue
+            for r in range(2, min(rmax, i) + 1):
+                if data[i - r] == v:
+                    sc[r] += 1
+    return sc
+
+
+def choose_record(segments: list[bytes]) -> int:
+    """Encoder side: the record length to signal for a block whose lanes are `segments`
+    (0: none). The distance r at which bytes recur most (beyond runs) wins if it recurs
+    at least 1.5 times as often as the median distance; the smallest r that recurs at
+    least 7/8 as often as the winner is chosen (multiples of the true length score nearly
+    as high). Integer
+    arithmetic only: the same input always gives the same r."""
+    data = np.frombuffer(b"".join(segments), np.uint8)
+    n = data.shape[0]
+    rmax = min(MAX_RECORD, n // 8)
+    if rmax < 16:
+        return 0
+    width = min(n, max(1 << 14, RECORD_WORK // rmax))
+    windows = 1 if width == n else 16  # spread out: a file's start may not be typical
+    width //= windows
+    sc = _record_scores(data, rmax, windows, width)[2:]
+    best = int(sc.max())
+    med = int(np.sort(sc)[len(sc) // 2])
+    if best < 32 or 2 * best < 3 * med:
+        return 0
+    return int(np.flatnonzero(8 * sc >= 7 * best)[0]) + 2

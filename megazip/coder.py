@@ -57,7 +57,12 @@ def encode_block(
     enc = constriction.stream.queue.RangeEncoder()
     bits = torch.zeros(len(segments), dtype=torch.float64)
     prior = torch.zeros(len(segments), dtype=torch.float64)
-    models = LaneModels(len(segments), lanes.shape[1]) if adaptive else None
+    models = None
+    head = b""  # with the adaptive stage, the stream starts with the block's record length
+    if adaptive:
+        record = adaptive_stage.choose_record(segments)
+        models = LaneModels(len(segments), lanes.shape[1], record)
+        head = record.to_bytes(4, "little")
     for start, counts in coder.count_tables(lanes, chunk_patches):
         counts = counts.cpu()
         C = counts.shape[1]
@@ -78,7 +83,7 @@ def encode_block(
             progress(int(active.sum()))
     if prior_bits is not None:
         prior_bits.extend(prior.tolist())
-    return enc.get_compressed().astype("<u4").tobytes(), bits.tolist()
+    return head + enc.get_compressed().astype("<u4").tobytes(), bits.tolist()
 
 
 def decode_block(
@@ -93,6 +98,14 @@ def decode_block(
     P = coder.config.patch_size
     if len(stream) % 4:
         raise ValueError("corrupt stream: length is not a multiple of 4")
+    record = 0
+    if adaptive:  # the block's record length comes first
+        if len(stream) < 4:
+            raise ValueError("corrupt stream: no record length")
+        record = int.from_bytes(stream[:4], "little")
+        if record > adaptive_stage.RECORD_LIMIT:
+            raise ValueError("corrupt stream: record length out of range")
+        stream = stream[4:]
     words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)  # little-endian on disk
     dec = constriction.stream.queue.RangeDecoder(words)
     B = len(lengths)
@@ -101,7 +114,7 @@ def decode_block(
     out = torch.zeros(B, T, dtype=torch.uint8, device=dev)  # one byte per decoded byte
     lens = torch.tensor(lengths, dtype=torch.int64, device=dev)
     state = coder.new_state(B)
-    models = LaneModels(B, T) if adaptive else None
+    models = LaneModels(B, T, record) if adaptive else None
     # Byte by byte, every product has only B rows: a second CPU thread gains nothing, and
     # on a busy machine its barriers cost more than the work. Decode on one thread.
     threads = torch.get_num_threads()

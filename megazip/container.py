@@ -27,14 +27,17 @@ from dataclasses import dataclass
 import zstandard
 
 from . import checkpoint
+from .adaptive import ADAPTIVE_VERSION
 from .coder import decode_block, encode_block
 from .intmodel import IntMegabyte
 
 MAGIC = b"\x89MGZ"
 VERSION = 1
 FLAG_ADAPTIVE_V1 = 1  # retired: version 1 of the adaptive stage (refused with a clear error)
-FLAG_ADAPTIVE = 4  # model segments use the adaptive stage (megazip/adaptive.py, version 2)
-KNOWN_FLAGS = FLAG_ADAPTIVE | FLAG_ADAPTIVE_V1
+FLAG_ADAPTIVE_V2 = 4  # retired: version 2 of the adaptive stage (refused with a clear error)
+FLAG_ADAPTIVE = 8  # model segments use the adaptive stage (megazip/adaptive.py, version 3)
+RETIRED_FLAGS = {FLAG_ADAPTIVE_V1: 1, FLAG_ADAPTIVE_V2: 2}  # flag -> adaptive stage version
+KNOWN_FLAGS = FLAG_ADAPTIVE | FLAG_ADAPTIVE_V1 | FLAG_ADAPTIVE_V2
 STORED, ZSTD, MODEL = 0, 1, 2
 METHOD_NAMES = {STORED: "stored", ZSTD: "zstd", MODEL: "model"}
 ZSTD_LEVEL = 19
@@ -133,11 +136,12 @@ def read_header(blob: bytes) -> Header:
         raise FormatError(f"unsupported format version {version} (this megazip reads {VERSION})")
     if flags & ~KNOWN_FLAGS:
         raise FormatError(f"unsupported feature flags {flags:#04x}")
-    if flags & FLAG_ADAPTIVE_V1:
-        raise FormatError(
-            "this file was coded with version 1 of the adaptive stage, which this megazip "
-            "no longer decodes (it writes version 2)"
-        )
+    for flag, old in RETIRED_FLAGS.items():
+        if flags & flag:
+            raise FormatError(
+                f"this file was coded with version {old} of the adaptive stage, which this "
+                f"megazip no longer decodes (it writes version {ADAPTIVE_VERSION})"
+            )
     name = r.take(n).decode(errors="replace")
     model_hash = r.take(32)
     (length,) = r.unpack("<Q")
