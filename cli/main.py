@@ -24,12 +24,27 @@ class UserError(click.ClickException):
         click.echo(f"megazip: error: {self.format_message()}", err=True)
 
 
+def _user_error(e: Exception) -> UserError | None:
+    """The one-line error for an expected failure (bad input, environment), else None."""
+    from megazip.checkpoint import ModelNotFound
+
+    if isinstance(e, UserError):
+        return e
+    if isinstance(e, MemoryError):
+        return UserError("out of memory")
+    if isinstance(e, (ModelNotFound, FileNotFoundError, IsADirectoryError, ValueError)):
+        return UserError(str(e))  # includes container.FormatError and ModelMismatch
+    if isinstance(e, OSError):
+        return UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    if isinstance(e, RuntimeError):
+        return UserError(str(e).splitlines()[0])
+    return None
+
+
 class MegazipGroup(click.Group):
     """Turns expected exceptions into one-line errors."""
 
     def invoke(self, ctx):
-        from megazip.checkpoint import ModelNotFound
-
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -37,15 +52,32 @@ class MegazipGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("megazip: interrupted", err=True)
             sys.exit(130)
-        except MemoryError:
-            raise UserError("out of memory") from None
-        except (ModelNotFound, FileNotFoundError, IsADirectoryError, ValueError) as e:
-            # includes container.FormatError and container.ModelMismatch
-            raise UserError(str(e)) from None
-        except OSError as e:
-            raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
-        except RuntimeError as e:
-            raise UserError(str(e).splitlines()[0]) from None
+        except Exception as e:
+            err = _user_error(e)
+            if err is None:
+                raise
+            raise err from None
+
+
+def _each(jobs, work) -> None:
+    """work(*job) for every job, the first item of a job being its input file. As zstd
+    does with several files, a failure is reported in one line that names the file, and
+    the next job goes on; the exit code is 1 if any failed."""
+    failed = 0
+    for job in jobs:
+        try:
+            work(*job)
+        except Exception as e:
+            err = _user_error(e)
+            if err is None:
+                raise
+            name = job[0]
+            if name != "-" and name not in err.message:
+                err.message = f"{name}: {err.message}"
+            err.show()
+            failed += 1
+    if failed:
+        raise click.exceptions.Exit(1)
 
     def list_commands(self, ctx):
         return list(self.commands)  # keep the order of definition
@@ -142,12 +174,12 @@ def _outputs(files, output, stdout, suffix_fn) -> list[str | None]:
     return outs
 
 
-def _check_targets(files, outs, force) -> None:
-    for f, o in zip(files, outs, strict=True):
-        if f != "-" and not Path(f).exists():
-            raise UserError(f"{f}: no such file")
-        if o is not None and Path(o).exists() and not force:
-            raise UserError(f"{o}: already exists (use -f to overwrite)")
+def _check_target(f: str, o: str | None, force: bool) -> None:
+    """Fail before any work when the input is missing or the output exists."""
+    if f != "-" and not Path(f).exists():
+        raise UserError(f"{f}: no such file")
+    if o is not None and Path(o).exists() and not force:
+        raise UserError(f"{o}: already exists (use -f to overwrite)")
 
 
 def _summary(name: str, raw: int, packed: int, zstd_size: int) -> str:
@@ -209,10 +241,11 @@ def compress_cmd(
 
     files = files or ("-",)
     outs = _outputs(files, output, to_stdout, lambda f: f + SUFFIX)
-    _check_targets(files, outs, force)
     model = model_name or checkpoint.DEFAULT_MODEL
     dev = _device(device)
-    for f, o in zip(files, outs, strict=True):
+
+    def one(f, o):
+        _check_target(f, o, force)
         data = _read_input(f)
         update, close = _progress(len(data), quiet, Path(f).name)
         stats: dict = {}
@@ -244,6 +277,8 @@ def compress_cmd(
         if remove and f != "-":
             Path(f).unlink()
 
+    _each(list(zip(files, outs, strict=True)), one)
+
 
 def _strip_suffix(f: str) -> str:
     if not f.endswith(SUFFIX) or len(Path(f).name) == len(SUFFIX):
@@ -260,9 +295,10 @@ def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, 
 
     files = files or ("-",)
     outs = _outputs(files, output, to_stdout, _strip_suffix)
-    _check_targets(files, outs, force)
     dev = _device(device)
-    for f, o in zip(files, outs, strict=True):
+
+    def one(f, o):
+        _check_target(f, o, force)
         blob = _read_input(f)
         update, close = _progress(container.read_header(blob).length, quiet, Path(f).name)
         try:
@@ -274,6 +310,8 @@ def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, 
             click.echo(f"{f}: {len(blob):,} -> {len(data):,} bytes", err=True)
         if remove and f != "-":
             Path(f).unlink()
+
+    _each(list(zip(files, outs, strict=True)), one)
 
 
 @main.command("test")
@@ -290,7 +328,8 @@ def test_cmd(files, model_name, device, quiet):
     from megazip import container
 
     dev = _device(device)
-    for f in files:
+
+    def one(f):
         blob = _read_input(f)
         update, close = _progress(container.read_header(blob).length, quiet, Path(f).name)
         try:
@@ -299,6 +338,8 @@ def test_cmd(files, model_name, device, quiet):
             close()
         if not quiet:
             click.echo(f"{f}: OK")
+
+    _each([(f,) for f in files], one)
 
 
 @main.command("info")

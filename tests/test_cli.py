@@ -215,6 +215,13 @@ def runs(models, compressed, tmp_path_factory):
         f = put(d, "s.bin", blob)
         return megazip("decompress", "-m", A, f), listing(d)
 
+    def several():  # zstd habit: a bad file among several is reported, the rest go on
+        d = folder("several")
+        good = [put(d, "a.mgz", blob), put(d, "c.mgz", blob)]
+        bad = put(d, "b.mgz", BAD_FILES["flipped-byte"](blob))
+        r = megazip("decompress", "-m", A, good[0], bad, good[1])
+        return r, listing(d), [(d / n).read_bytes() for n in ("a", "c")]
+
     jobs = {
         "help": lambda: megazip("--help"),
         "test": lambda: megazip("test", "-m", A, compressed[0] / "sample.txt.mgz"),
@@ -229,6 +236,7 @@ def runs(models, compressed, tmp_path_factory):
         "missing": missing,
         "directory": directory,
         "suffix": suffix,
+        "several": several,
         **{f"bad:{k}": bad(k) for k in BAD_FILES},
     }
     return concurrently(jobs)
@@ -379,6 +387,14 @@ def test_directory_as_input(runs):
     r, files, inside = result(runs, "directory")
     assert "directory" in assert_one_line_error(r)
     assert files == ["dir"] and inside == []
+
+
+def test_a_bad_file_among_several_fails_alone(runs):
+    r, files, restored = result(runs, "several")
+    err = assert_one_line_error(r)
+    assert "b.mgz" in err or "checksum" in err
+    assert files == ["a", "a.mgz", "b.mgz", "c", "c.mgz"], "the good files were not all done"
+    assert restored == [SAMPLE, SAMPLE]
 
 
 def test_decompress_refuses_a_name_without_the_suffix(runs):
