@@ -621,9 +621,26 @@ def test_the_worked_example_in_format_md_is_a_valid_header():
         for line in dump.strip().splitlines()
     )
     h = parse(raw)  # checks the CRC
-    assert h["header_size"] == len(raw) == 124
-    assert h["version"] == 1 and h["name"] == "words" and h["length"] == 512
+    assert h["header_size"] == len(raw) == 123
+    assert h["version"] == 1 and h["name"] == "tiny" and h["length"] == 512
     assert h["flags"] & ~KNOWN_FLAGS == 0
     assert h["segment_size"] == 256 and h["lanes"] == 2
-    assert h["segments"] == [(MODEL, 0, 256), (STORED, 256, 256)] and h["blocks"] == [60]
-    assert h["header_size"] + 256 + 60 == 440
+    assert h["segments"] == [(MODEL, 0, 256), (STORED, 256, 256)] and h["blocks"] == [84]
+    assert h["header_size"] + 256 + 84 == 463
+
+
+def test_the_worked_example_of_format_md_is_what_megazip_writes():
+    """docs/FORMAT.md's worked example: its code, run, gives its header dump and sizes."""
+    import re
+
+    doc = (ROOT / "docs" / "FORMAT.md").read_text().split("## Worked example", 1)[1]
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    dump = re.search(r"```\n(0{8}:.*?)```", doc, re.S).group(1)
+    scope: dict = {}
+    exec(code, scope)
+    blob = scope["blob"]
+    h = container.read_header(blob)
+    want = bytes.fromhex("".join(line[10:49].replace(" ", "") for line in dump.splitlines()))
+    assert blob[: h.size] == want
+    assert f"The file is {len(blob)} bytes: a {h.size}-byte header" in doc
+    assert container.decompress(blob) == scope["text"] + scope["noise"]
