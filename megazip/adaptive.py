@@ -648,8 +648,7 @@ def choose_record(segments: list[bytes]) -> int:
     (0: none). The distance r at which bytes recur most (beyond runs) wins if it recurs
     at least 1.5 times as often as the median distance; the smallest r that recurs at
     least 7/8 as often as the winner is chosen (multiples of the true length score nearly
-    as high). Integer
-    arithmetic only: the same input always gives the same r."""
+    as high). Integer arithmetic only: the same input always gives the same r."""
     data = np.frombuffer(b"".join(segments), np.uint8)
     n = data.shape[0]
     rmax = min(MAX_RECORD, n // 8)
