@@ -222,3 +222,19 @@ def test_older_adaptive_versions_are_refused_with_a_clear_error(trained, version
     blob[5] = {1: container.FLAG_ADAPTIVE_V1, 2: container.FLAG_ADAPTIVE_V2}[version]
     with pytest.raises(container.FormatError, match=f"version {version} of the adaptive stage"):
         container.read_header(bytes(blob))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU")
+def test_a_file_coded_on_cuda_is_the_file_coded_on_the_cpu(trained):
+    """With the model on CUDA (the adaptive stage always runs on the host), the .mgz is
+    the same bytes as on the CPU, and each decodes the other's."""
+    from test_intmodel import word_text
+
+    from megazip import container
+
+    data = word_text(9, 3000) + bytes(range(256)) * 4 + word_text(10, 900)
+    cpu = container.compress(data, trained, segment_size=1024, lanes=4, device="cpu")
+    gpu = container.compress(data, trained, segment_size=1024, lanes=4, device="cuda")
+    assert gpu == cpu
+    assert container.decompress(cpu, trained, device="cuda") == data
+    assert container.decompress(gpu, trained, device="cpu") == data
