@@ -292,7 +292,7 @@ if nb is not None:
     @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
     def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift, out):
         B, H, T, hd = q.shape  # int8; k, v: (B, H, capacity, hd) int8, keys lo..hi-1
-        S = hi - lo  # out (B, T, H * hd) float32
+        S = hi - lo  # out (B, T, H * hd) int8
         maxd = alibi.shape[1] - 1
         E = exp.shape[0] - 1
         half = np.int64(1) << (shift - 1)
