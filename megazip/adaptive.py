@@ -315,67 +315,56 @@ def _mix_one(
     bases = np.empty(N_HASHED, np.int64)
     for s in range(17):
         top = 1 if s == 0 else 16 + s - 1  # the bucket's first node
-        if mass[top] < lazy:  # the whole bucket is below LAZY_MASS: prior only
-            for j in range(1, 16):
-                n = NODE_OF[s, j]
-                p = _cheap(tree, n, o1, r0)
-                pmb[n] = 0
-                m1 = (mass[n] * p) >> 16
-                mass[2 * n + 1] = m1
-                mass[2 * n] = mass[n] - m1
-            continue
-        for k in range(nk):
-            base, chk = _bucket(lane[b, L_HASH + k], s, mask)
-            bases[k] = base if np.int64(ctab[k, base]) == chk else -1
+        if mass[top] >= lazy:  # (mass only shrinks downwards: else no node here is mixed)
+            for k in range(nk):
+                base, chk = _bucket(lane[b, L_HASH + k], s, mask)
+                bases[k] = base if np.int64(ctab[k, base]) == chk else -1
         for j in range(1, 16):
             n = NODE_OF[s, j]
-            if mass[n] < lazy:
+            if mass[n] < lazy:  # below LAZY_MASS: order 1 or the prior, not mixed
                 p = _cheap(tree, n, o1, r0)
                 pmb[n] = 0
-                m1 = (mass[n] * p) >> 16
-                mass[2 * n + 1] = m1
-                mass[2 * n] = mass[n] - m1
-                continue
-            x[IN_BIAS, n] = 256
-            x[IN_PRIOR, n] = _st((tree[2 * n + 1] << 16) // tree[n])
-            v = np.int64(o1[r0 + n])
-            x[IN_O1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-            for k in range(nk):
-                base = bases[k]
-                if base >= 0:
-                    v = np.int64(ctab[k, base + j])
-                    x[IN_H0 + k, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                else:
-                    x[IN_H0 + k, n] = 0
-            for k in range(nk, N_HASHED):
-                x[IN_H0 + k, n] = 0
-            st = 0
-            x[IN_MATCH, n] = 0
-            if e >= 0:
-                d = DEPTH[n]
-                if ((256 + e) >> (8 - d)) == n:
-                    st = mst
-                    x[IN_MATCH, n] = sp if (e >> (7 - d)) & 1 else -sp
-            ws = w[n * N_MSTATE + st + rec]
-            dot = np.int64(0)
-            for i in range(N_IN):
-                dot += ws[i] * x[i, n]
-            pm = _sq(dot >> MIX_SHIFT)
-            pmb[n] = pm
-            sv = _st(pm) + 3072
-            k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
-            f1 = sv - (k1 << APM_SHIFT)
-            g1 = APM_STEP - f1
-            q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-            r = r0 + n
-            q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-            if rec:
-                r = u0 + n
-                q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-                p = (pm + q1 + q2 + q3) >> 2
             else:
-                p = (2 * pm + q1 + q2) >> 2
-            p = min(65535, max(1, p))
+                x[IN_BIAS, n] = 256
+                x[IN_PRIOR, n] = _st((tree[2 * n + 1] << 16) // tree[n])
+                v = np.int64(o1[r0 + n])
+                x[IN_O1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                for k in range(nk):
+                    base = bases[k]
+                    if base >= 0:
+                        v = np.int64(ctab[k, base + j])
+                        x[IN_H0 + k, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    else:
+                        x[IN_H0 + k, n] = 0
+                for k in range(nk, N_HASHED):
+                    x[IN_H0 + k, n] = 0
+                st = 0
+                x[IN_MATCH, n] = 0
+                if e >= 0:
+                    d = DEPTH[n]
+                    if ((256 + e) >> (8 - d)) == n:
+                        st = mst
+                        x[IN_MATCH, n] = sp if (e >> (7 - d)) & 1 else -sp
+                ws = w[n * N_MSTATE + st + rec]
+                dot = np.int64(0)
+                for i in range(N_IN):
+                    dot += ws[i] * x[i, n]
+                pm = _sq(dot >> MIX_SHIFT)
+                pmb[n] = pm
+                sv = _st(pm) + 3072
+                k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
+                f1 = sv - (k1 << APM_SHIFT)
+                g1 = APM_STEP - f1
+                q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+                r = r0 + n
+                q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+                if rec:
+                    r = u0 + n
+                    q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+                    p = (pm + q1 + q2 + q3) >> 2
+                else:
+                    p = (2 * pm + q1 + q2) >> 2
+                p = min(65535, max(1, p))
             m1 = (mass[n] * p) >> 16
             mass[2 * n + 1] = m1
             mass[2 * n] = mass[n] - m1
