@@ -50,21 +50,21 @@ def main(argv=None) -> dict:
 
     data = Path(args.input).read_bytes()[: args.bytes]
     name = Path(args.input).name
-    coder = checkpoint.load_coder(args.model).to(args.device)
+    int_model = checkpoint.load_int_model(args.model).to(args.device)
     seg = args.segment_size
     segments = [data[i : i + seg] for i in range(0, len(data), seg)]
 
     # the model path: every segment model-coded, one block; the prior alone and with the
     # adaptive stage, measured side by side in each repeat
-    encode_block(coder, segments[:1])  # warm-up (compiles kernels on first use)
+    encode_block(int_model, segments[:1])  # warm-up (compiles kernels on first use)
     times: dict[str, list[float]] = {"enc": [], "dec": [], "enc_prior": [], "dec_prior": []}
     for _ in range(args.repeat):
         for adaptive, tag in ((True, ""), (False, "_prior")):
             t = time.perf_counter()
-            stream_, bits_ = encode_block(coder, segments, adaptive=adaptive)
+            stream_, bits_ = encode_block(int_model, segments, adaptive=adaptive)
             times["enc" + tag].append(time.perf_counter() - t)
             t = time.perf_counter()
-            back = decode_block(coder, stream_, [len(s) for s in segments], adaptive=adaptive)
+            back = decode_block(int_model, stream_, [len(s) for s in segments], adaptive=adaptive)
             times["dec" + tag].append(time.perf_counter() - t)
             assert back == segments, "round trip failed"
             if adaptive:
@@ -77,11 +77,11 @@ def main(argv=None) -> dict:
     stats: dict = {}
     t = time.perf_counter()
     blob = megazip.compress(
-        data, coder, lanes=args.lanes, segment_size=seg, device=args.device, stats=stats
+        data, int_model, lanes=args.lanes, segment_size=seg, device=args.device, stats=stats
     )
     full_c = time.perf_counter() - t
     t = time.perf_counter()
-    assert megazip.decompress(blob, coder, device=args.device) == data
+    assert megazip.decompress(blob, int_model, device=args.device) == data
     full_d = time.perf_counter() - t
 
     kb = len(data) / 1e3
@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
         "input": name,
         "bytes": len(data),
         "model": args.model,
-        "model_hash": coder.content_hash()[:16],
-        "kernels": coder.kernels.name,
+        "model_hash": int_model.content_hash()[:16],
+        "kernels": int_model.kernels.name,
         "lanes": len(segments),
         "segment_size": seg,
         "ideal_bytes": ideal,

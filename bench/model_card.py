@@ -3,7 +3,8 @@
     python bench/model_card.py --checkpoint runs/tiny --name tiny [--corpus data/corpus]
 
 Copies the checkpoint into models/ (NAME.json, NAME.safetensors float weights unless
---coder-only, NAME.coder.safetensors integer coding model), then measures and writes models/NAME.md:
+--int-only, NAME.int_model.safetensors integer coding model), then measures and writes
+models/NAME.md:
 validation bits/byte of the float and the integer model on the corpus validation split,
 bits/byte on every Canterbury file (float, integer, and the real megazip container,
 round-trip verified) next to zstd -19, xz -9e and bzip2 -9, and coding speed from
@@ -34,7 +35,7 @@ from megazip import checkpoint  # noqa: E402
 from megazip.adaptive import ADAPTIVE_VERSION  # noqa: E402
 from megazip.data import ByteWindows, list_files, read_bytes  # noqa: E402
 from megazip.evaluate import float_bits, int_code_lengths  # noqa: E402
-from megazip.export import load_coder  # noqa: E402
+from megazip.export import load_int_model  # noqa: E402
 from megazip.train import LN2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ CANTERBURY = ROOT.parent / "shared" / "corpora" / "canterbury"
 
 
 @torch.no_grad()
-def validation(model, coder, corpus: Path, windows: int = 128) -> tuple[float, float]:
+def validation(model, int_model, corpus: Path, windows: int = 128) -> tuple[float, float]:
     """(float, integer) bits/byte on `windows` fixed 1 KiB windows of the validation split."""
     data = read_bytes(list_files([corpus / "valid"]))
     w = ByteWindows(data, model.config.patch_size * 128).fixed(windows, seed=99)
@@ -56,7 +57,7 @@ def validation(model, coder, corpus: Path, windows: int = 128) -> tuple[float, f
         / LN2
     )
     bits = 0.0
-    for _, counts in coder.count_tables(w, chunk_patches=128):
+    for _, counts in int_model.count_tables(w, chunk_patches=128):
         c = counts.gather(-1, w[:, :, None])[..., 0].double()
         bits += (24 - torch.log2(c)).sum().item()
     return f, bits / w.numel()
@@ -78,7 +79,7 @@ def main(argv=None):
     ap.add_argument("--command", default="", help="the training command, for the card")
     ap.add_argument("--hardware", default="", help="where it trained, for the card")
     ap.add_argument(
-        "--coder-only",
+        "--int-only",
         action="store_true",
         help="ship only the integer coding model (float figures come from the checkpoint)",
     )
@@ -95,17 +96,17 @@ def main(argv=None):
     src = Path(args.checkpoint)
     meta = json.loads((src / checkpoint.CONFIG_FILE).read_text())
     weights = models / f"{args.name}.safetensors"
-    if args.coder_only:
+    if args.int_only:
         weights.unlink(missing_ok=True)
     else:
         shutil.copyfile(src / checkpoint.WEIGHTS_FILE, weights)
-    shutil.copyfile(src / checkpoint.CODER_FILE, models / f"{args.name}.coder.safetensors")
+    shutil.copyfile(src / checkpoint.INT_MODEL_FILE, models / f"{args.name}.int_model.safetensors")
     meta_path = models / f"{args.name}.json"
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
     model, _ = checkpoint.load(src)
-    coder = load_coder(models / f"{args.name}.coder.safetensors")
-    v_float, v_int = validation(model, coder, Path(args.corpus))
+    int_model = load_int_model(models / f"{args.name}.int_model.safetensors")
+    v_float, v_int = validation(model, int_model, Path(args.corpus))
     print(f"validation: float {v_float:.4f}, int {v_int:.4f} bits/byte", flush=True)
 
     rows = []
@@ -119,7 +120,7 @@ def main(argv=None):
             t = time.perf_counter()
             assert megazip.decompress(blob) == data, f"round trip failed on {f.name}"
             t_d = time.perf_counter() - t
-        prior_bits, adaptive_bits = int_code_lengths(coder, data)
+        prior_bits, adaptive_bits = int_code_lengths(int_model, data)
         row = {
             "file": f.name,
             "bytes": len(data),
@@ -157,7 +158,7 @@ def main(argv=None):
         name=args.name,
         description=f"MEGABYTE {meta['config']['global_dim']}x{meta['config']['global_layers']}"
         f" global / {meta['config']['local_dim']}x{meta['config']['local_layers']} local",
-        coder_hash=coder.content_hash(),
+        int_model_hash=int_model.content_hash(),
         valid_bpb_float=v_float,
         valid_bpb_int=v_int,
         canterbury_bpb={k: avg(k) for k in ("float", "int", "adaptive", "megazip")},
@@ -173,8 +174,8 @@ def main(argv=None):
         f"# Model `{args.name}`",
         "",
         f"A MEGABYTE byte model for megazip. Integer coding model (the canonical artifact, "
-        f"named in every .mgz made with it): `{args.name}.coder.safetensors`, "
-        f"content hash `{coder.content_hash()}`.",
+        f"named in every .mgz made with it): `{args.name}.int_model.safetensors`, "
+        f"content hash `{int_model.content_hash()}`.",
         "",
         "## Architecture",
         "",
@@ -200,7 +201,7 @@ def main(argv=None):
         *([f"- note: {meta['weights_note']}"] if meta.get("weights_note") else []),
         "- shipped: the integer coding model only (the float weights stay with the "
         "checkpoint, to keep the model under 40 MB)"
-        if args.coder_only
+        if args.int_only
         else "- shipped: float weights and the integer coding model",
         "",
         "## Density",
@@ -249,7 +250,7 @@ def main(argv=None):
         "Reproduce: `make corpus`, then "
         f"`{args.command or 'megazip train --recipe ' + args.name}`, then "
         f"`python bench/model_card.py --checkpoint {args.checkpoint} --name {args.name}"
-        f"{' --coder-only' if args.coder_only else ''}`.",
+        f"{' --int-only' if args.int_only else ''}`.",
         "",
     ]
     (models / f"{args.name}.md").write_text("\n".join(lines))

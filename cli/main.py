@@ -402,7 +402,7 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     has_float = checkpoint.has_float_weights(model_name)
     model = checkpoint.load(model_name, dev)[0] if has_float else None
     use_int = use_int or not has_float
-    coder = checkpoint.load_coder(model_name).to(dev) if use_int else None
+    int_model = checkpoint.load_int_model(model_name).to(dev) if use_int else None
     files = list_files(paths)
     hidden = quiet or not sys.stderr.isatty()
     bar = tqdm(
@@ -411,11 +411,11 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     columns = {}
     if model is not None:
         columns["float"] = evaluate(model, files, dev, on_file=lambda s: bar.update(1))
-    if coder is not None:
+    if int_model is not None:
         pairs: list[tuple[float, float]] = []  # (integer model, + adaptive stage) per file
 
         def score(data):
-            pairs.append(int_code_lengths(coder, data))
+            pairs.append(int_code_lengths(int_model, data))
             return pairs[-1][0]
 
         scores, total = evaluate(score, files, on_file=lambda s: bar.update(1))
@@ -599,7 +599,7 @@ def train_cmd(ctx, recipe, **opts):
 @main.command("export")
 @click.argument("folder")
 def export_cmd(folder):
-    """Export the integer coding model of a checkpoint folder (coder.safetensors) from its
+    """Export the integer coding model of a checkpoint folder (int_model.safetensors) from its
     float weights, calibrated on the training windows its config names."""
     from megazip import checkpoint
     from megazip.train import export_checkpoint
@@ -607,7 +607,7 @@ def export_cmd(folder):
     if not (Path(folder) / checkpoint.CONFIG_FILE).is_file():
         raise UserError(f"{folder}: not a checkpoint folder (no {checkpoint.CONFIG_FILE})")
     path = export_checkpoint(folder)
-    click.echo(f"wrote {path} (content hash {checkpoint.load_coder(folder).content_hash()})")
+    click.echo(f"wrote {path} (content hash {checkpoint.load_int_model(folder).content_hash()})")
 
 
 @main.command("models")

@@ -24,7 +24,7 @@ all mixed in the logistic ("stretch") domain by a single-layer network with inte
 weights selected by the node, the match state and the record state, learned online; then
 refined by adaptive probability maps (APM/SSE) selected by the node, by (node, previous
 byte) and, with a record length, by (node, byte above). The 255 node probabilities
-become the 256 counts the coder needs: a byte's count is the product of its path's
+become the 256 counts the range coder needs: a byte's count is the product of its path's
 probabilities, computed top down in integers so that every count is >= 1 and they sum
 to COUNT_TOTAL exactly. Nodes are computed parents first; a node whose share of the
 count mass is below LAZY_MASS (of 2^24) is not mixed: it takes the order-1 counter's

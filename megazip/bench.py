@@ -329,7 +329,7 @@ def _megazip(model: str, device: str, ideal: bool, first: bytes) -> tuple[Codec,
     def decompress(blob: bytes) -> bytes:
         return container.decompress(blob, model, device=device)
 
-    coder = checkpoint.load_coder(model).to(device) if ideal else None
+    int_model = checkpoint.load_int_model(model).to(device) if ideal else None
 
     def extra(data: bytes, blob: bytes) -> dict:
         from .evaluate import int_bits
@@ -341,7 +341,7 @@ def _megazip(model: str, device: str, ideal: bool, first: bytes) -> tuple[Codec,
             "model_bytes": stats["model_bytes"],
             "header_bytes": stats["header_bytes"],
             "segments": {m: methods.count(m) for m in sorted(set(methods))},
-            "ideal_bits": int_bits(coder, data) if coder is not None else None,
+            "ideal_bits": int_bits(int_model, data) if int_model is not None else None,
         }
 
     sample = first[:WARMUP_BYTES] or b"megazip warm-up"

@@ -17,7 +17,7 @@ from .model import Megabyte, MegabyteConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-CODER_FILE = "coder.safetensors"  # the integer coding model (megazip/export.py)
+INT_MODEL_FILE = "int_model.safetensors"  # the integer coding model (megazip/export.py)
 DEFAULT_MODEL = "tiny"
 
 
@@ -54,20 +54,20 @@ def has_float_weights(name_or_path: str | Path) -> bool:
     return resolve(name_or_path)[1].is_file()
 
 
-def coder_path(name_or_path: str | Path) -> Path:
+def int_model_path(name_or_path: str | Path) -> Path:
     """Path of the integer coding model of a checkpoint folder or shipped model."""
     cfg_path, _ = resolve(name_or_path)
     if cfg_path.name == CONFIG_FILE:
-        return cfg_path.with_name(CODER_FILE)
-    return cfg_path.with_name(cfg_path.stem + ".coder.safetensors")
+        return cfg_path.with_name(INT_MODEL_FILE)
+    return cfg_path.with_name(cfg_path.stem + ".int_model.safetensors")
 
 
-def load_coder(name_or_path: str | Path):
+def load_int_model(name_or_path: str | Path):
     """The integer coding model (IntMegabyte, on the CPU) of a checkpoint or shipped model.
     Raises ModelNotFound when it has none (train or export it first)."""
-    from .export import load_coder as _load
+    from .export import load_int_model as _load
 
-    path = coder_path(name_or_path)
+    path = int_model_path(name_or_path)
     if not path.is_file():
         raise ModelNotFound(f"model {name_or_path} has no integer coding model ({path.name})")
     return _load(path)

@@ -41,7 +41,7 @@ def code_bits(counts: torch.Tensor, symbols: torch.Tensor) -> torch.Tensor:
 
 
 def encode_block(
-    coder: IntMegabyte,
+    int_model: IntMegabyte,
     segments: list[bytes],
     chunk_patches: int = 64,
     progress: Callable[[int], None] | None = None,
@@ -53,7 +53,7 @@ def encode_block(
     ideal code length of each segment in bits under the final tables). If `prior_bits`
     is a list, the model-alone code length of each segment is appended to it.
     `progress` is called with the bytes done."""
-    lanes, lengths = lanes_tensor(segments, coder.config.patch_size)
+    lanes, lengths = lanes_tensor(segments, int_model.config.patch_size)
     enc = constriction.stream.queue.RangeEncoder()
     bits = torch.zeros(len(segments), dtype=torch.float64)
     prior = torch.zeros(len(segments), dtype=torch.float64)
@@ -63,7 +63,7 @@ def encode_block(
         record = adaptive_stage.choose_record(segments)
         models = LaneModels(len(segments), lanes.shape[1], record)
         head = record.to_bytes(4, "little")
-    for start, counts in coder.count_tables(lanes, chunk_patches):
+    for start, counts in int_model.count_tables(lanes, chunk_patches):
         counts = counts.cpu()
         C = counts.shape[1]
         sym = lanes[:, start : start + C]
@@ -87,7 +87,7 @@ def encode_block(
 
 
 def decode_block(
-    coder: IntMegabyte,
+    int_model: IntMegabyte,
     stream: bytes,
     lengths: list[int],
     progress: Callable[[int], None] | None = None,
@@ -95,7 +95,7 @@ def decode_block(
 ) -> list[bytes]:
     """Decode the lanes of one block from `stream`, given each lane's length (and whether
     the encoder used the adaptive stage)."""
-    P = coder.config.patch_size
+    P = int_model.config.patch_size
     if len(stream) % 4:
         raise ValueError("corrupt stream: length is not a multiple of 4")
     record = 0
@@ -110,10 +110,10 @@ def decode_block(
     dec = constriction.stream.queue.RangeDecoder(words)
     B = len(lengths)
     T = -(-max(1, max(lengths)) // P) * P
-    dev = coder.device
+    dev = int_model.device
     out = torch.zeros(B, T, dtype=torch.uint8, device=dev)  # one byte per decoded byte
     lens = torch.tensor(lengths, dtype=torch.int64, device=dev)
-    state = coder.new_state(B)
+    state = int_model.new_state(B)
     models = LaneModels(B, T, record) if adaptive else None
     # Byte by byte, every product has only B rows: a second CPU thread gains nothing, and
     # on a busy machine its barriers cost more than the work. Decode on one thread.
@@ -121,27 +121,27 @@ def decode_block(
     if dev.type == "cpu":
         torch.set_num_threads(1)
     try:
-        _decode_steps(coder, dec, out, lens, state, models, progress)
+        _decode_steps(int_model, dec, out, lens, state, models, progress)
     finally:
         torch.set_num_threads(threads)
     host = out.cpu().numpy()
     return [host[i, :n].tobytes() for i, n in enumerate(lengths)]
 
 
-def _decode_steps(coder, dec, out, lens, state, models, progress) -> None:
+def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
     """The lockstep decoding loop of decode_block: fills `out` (B, T) in place."""
-    P = coder.config.patch_size
+    P = int_model.config.patch_size
     B, T = out.shape
-    dev = coder.device
+    dev = int_model.device
     with torch.no_grad():
         for k in range(T // P):
             prev = (out[:, (k - 1) * P : k * P] if k else out[:, :P]).long()
-            ctx = coder.global_context(state, prev.reshape(B, 1, P))[:, 0]  # (B, P, L)
-            coder.begin_patch(state)
+            ctx = int_model.global_context(state, prev.reshape(B, 1, P))[:, 0]  # (B, P, L)
+            int_model.begin_patch(state)
             prev_byte = torch.full((B,), PAD_BYTE, dtype=torch.int64, device=dev)
             for j in range(P):
                 t = k * P + j
-                counts = coder.local_step(state, prev_byte, ctx[:, j])
+                counts = int_model.local_step(state, prev_byte, ctx[:, j])
                 active = lens > t
                 n = int(active.sum())
                 if n == 0:

@@ -204,9 +204,9 @@ def compress(
     with: model_bits (ideal code length of the model segments under the final tables),
     prior_bits (the same under the model alone), model_bytes (their coded size),
     methods (of each segment) and header_bytes."""
-    coder, name = _coder(model, device)
+    int_model, name = _int_model(model, device)
     data = bytes(data)
-    seg = segment_size or default_segment_size(len(data), lanes, coder.config.patch_size)
+    seg = segment_size or default_segment_size(len(data), lanes, int_model.config.patch_size)
     if not 0 < seg <= MAX_SEGMENT or not 0 < lanes <= MAX_LANES:
         raise ValueError("segment size or lane count out of range")
     pieces = [data[i : i + seg] for i in range(0, len(data), seg)]
@@ -217,7 +217,7 @@ def compress(
         idx = list(range(b0, min(b0 + lanes, len(pieces))))
         prior: list[float] = []
         stream, bits = encode_block(
-            coder,
+            int_model,
             [pieces[i] for i in idx],
             progress=progress,
             adaptive=adaptive,
@@ -232,7 +232,7 @@ def compress(
         if members and len(members) < len(idx):  # re-code the block without the others
             prior = []
             stream, bits = encode_block(
-                coder, [pieces[i] for i in members], adaptive=adaptive, prior_bits=prior
+                int_model, [pieces[i] for i in members], adaptive=adaptive, prior_bits=prior
             )
         elif members:
             bits = [model_cost[i] * 8 - STREAM_OVERHEAD * 8 for i in members]
@@ -249,7 +249,7 @@ def compress(
             payloads.append(payload)
     header = Header(
         name,
-        bytes.fromhex(coder.content_hash()),
+        bytes.fromhex(int_model.content_hash()),
         len(data),
         hashlib.sha256(data).digest(),
         seg,
@@ -294,19 +294,19 @@ def decompress(
     FormatError for damaged input, including a checksum mismatch."""
     h = read_header(blob)
     members = h.block_members()
-    coder = None
+    int_model = None
     if members:
         try:
-            coder, _ = _coder(model if model is not None else h.model_name, device)
+            int_model, _ = _int_model(model if model is not None else h.model_name, device)
         except checkpoint.ModelNotFound:
             raise checkpoint.ModelNotFound(
                 f"this file needs model {h.model_name!r} (hash {h.model_hash.hex()[:16]}), "
                 "which is not installed; pass --model PATH"
             ) from None
-        if bytes.fromhex(coder.content_hash()) != h.model_hash:
+        if bytes.fromhex(int_model.content_hash()) != h.model_hash:
             raise ModelMismatch(
                 f"this file needs model {h.model_name!r} with hash {h.model_hash.hex()[:16]}, "
-                f"but the model given has hash {coder.content_hash()[:16]}"
+                f"but the model given has hash {int_model.content_hash()[:16]}"
             )
     pos = h.size
     out: list[bytes | None] = [None] * len(h.segments)
@@ -327,7 +327,7 @@ def decompress(
         stream = blob[pos : pos + size]
         pos += size
         lanes = decode_block(
-            coder,
+            int_model,
             stream,
             [h.segments[i].length for i in group],
             progress,
@@ -351,16 +351,16 @@ def _unzstd(payload: bytes, length: int) -> bytes:
     return data
 
 
-_CODERS: dict[tuple[str, str], IntMegabyte] = {}
+_INT_MODELS: dict[tuple[str, str], IntMegabyte] = {}
 
 
-def _coder(model: str | IntMegabyte, device: str) -> tuple[IntMegabyte, str]:
+def _int_model(model: str | IntMegabyte, device: str) -> tuple[IntMegabyte, str]:
     """(integer model on `device`, name for the header); loaded models are cached."""
     if isinstance(model, IntMegabyte):
         return model.to(device), "custom"
-    path = checkpoint.coder_path(model)
+    path = checkpoint.int_model_path(model)
     key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, device)
-    if key not in _CODERS:
-        _CODERS[key] = checkpoint.load_coder(model).to(device)
+    if key not in _INT_MODELS:
+        _INT_MODELS[key] = checkpoint.load_int_model(model).to(device)
     name = str(model).rstrip("/").split("/")[-1]
-    return _CODERS[key], name.removesuffix(".json")
+    return _INT_MODELS[key], name.removesuffix(".json")

@@ -78,7 +78,7 @@ def evaluate(
 
 
 @torch.no_grad()
-def int_code_lengths(coder, data: bytes) -> tuple[float, float]:
+def int_code_lengths(int_model, data: bytes) -> tuple[float, float]:
     """(bits under the integer model alone, bits after the adaptive stage) for `data` as
     one lane, i.e. as the coder would code a single segment holding all of it."""
     from .adaptive import LaneModels, mix_chunk
@@ -86,10 +86,10 @@ def int_code_lengths(coder, data: bytes) -> tuple[float, float]:
 
     if not data:
         return 0.0, 0.0
-    lanes, _ = lanes_tensor([data], coder.config.patch_size)
+    lanes, _ = lanes_tensor([data], int_model.config.patch_size)
     models = LaneModels(1, lanes.shape[1])
     prior = final = 0.0
-    for start, counts in coder.count_tables(lanes, chunk_patches=256):
+    for start, counts in int_model.count_tables(lanes, chunk_patches=256):
         n = min(counts.shape[1], len(data) - start)
         if n <= 0:
             break
@@ -101,7 +101,7 @@ def int_code_lengths(coder, data: bytes) -> tuple[float, float]:
     return prior, final
 
 
-def int_bits(coder, data: bytes, adaptive: bool = False) -> float:
+def int_bits(int_model, data: bytes, adaptive: bool = False) -> float:
     """Ideal code length of `data` in bits under the integer coding model (one lane),
     after the adaptive stage if `adaptive`."""
-    return int_code_lengths(coder, data)[1 if adaptive else 0]
+    return int_code_lengths(int_model, data)[1 if adaptive else 0]

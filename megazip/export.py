@@ -222,22 +222,22 @@ def export(model: Megabyte, calibration: torch.Tensor) -> IntMegabyte:
 # ---------------------------------------------------------------------------- storage
 
 
-def save_coder(coder: IntMegabyte, path: str | Path) -> Path:
+def save_int_model(int_model: IntMegabyte, path: str | Path) -> Path:
     """Write the integer model as one safetensors file (through a temporary file)."""
     path = Path(path)
     meta = {
-        "config": json.dumps(coder.config.to_dict()),
-        "ints": json.dumps(coder.ints),
-        "content_hash": coder.content_hash(),
+        "config": json.dumps(int_model.config.to_dict()),
+        "ints": json.dumps(int_model.ints),
+        "content_hash": int_model.content_hash(),
     }
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.cpu() for k, v in coder.tensors.items()}, str(tmp), metadata=meta)
+    save_file({k: v.cpu() for k, v in int_model.tensors.items()}, str(tmp), metadata=meta)
     tmp.replace(path)
     return path
 
 
-def load_coder(path: str | Path) -> IntMegabyte:
-    """Read an integer model written by save_coder (on the CPU)."""
+def load_int_model(path: str | Path) -> IntMegabyte:
+    """Read an integer model written by save_int_model (on the CPU)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:

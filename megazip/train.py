@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .data import ByteWindows, list_files, read_bytes, split_files
-from .export import export, save_coder
+from .export import export, save_int_model
 from .model import PRESETS, Megabyte, MegabyteConfig
 
 LN2 = math.log(2)
@@ -178,7 +178,7 @@ def _load_splits(cfg: TrainConfig, seq_len: int) -> tuple[ByteWindows, ByteWindo
 
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) into cfg.out; every checkpoint also gets its integer coding
-    model (coder.safetensors). Returns a summary dict: step, train_bpb, valid_bpb,
+    model (int_model.safetensors). Returns a summary dict: step, train_bpb, valid_bpb,
     wall_s, world_size."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = 0, 1
@@ -259,8 +259,8 @@ def train(cfg: TrainConfig) -> dict:
                 "wall_s": wall0 + time.time() - t0,
             },
         )
-        coder = export(model, calibration_set)
-        save_coder(coder, out / checkpoint.CODER_FILE)
+        int_model = export(model, calibration_set)
+        save_int_model(int_model, out / checkpoint.INT_MODEL_FILE)
         tmp = state_path.with_suffix(".tmp")
         torch.save({"optimizer": opt.state_dict(), "step": step, "generator": gens}, tmp)
         tmp.replace(state_path)
@@ -352,7 +352,7 @@ def _config(name: str) -> MegabyteConfig:
 def export_checkpoint(folder: str | Path) -> Path:
     """(Re-)export the integer coding model of a checkpoint folder from its float weights,
     calibrated on the same training windows as during training (its recorded config).
-    Returns the path of the coder file written."""
+    Returns the path of the integer model file written."""
     folder = Path(folder)
     model, meta = checkpoint.load(folder)
     cfg = TrainConfig(**{**meta["train"], "progress": False})
@@ -360,5 +360,5 @@ def export_checkpoint(folder: str | Path) -> Path:
     seq_len -= seq_len % model.config.patch_size
     train_windows, _ = _load_splits(cfg, seq_len)
     with torch.no_grad():
-        coder = export(model, train_windows.fixed(cfg.eval_windows, seed=CALIBRATION_SEED))
-    return save_coder(coder, folder / checkpoint.CODER_FILE)
+        int_model = export(model, train_windows.fixed(cfg.eval_windows, seed=CALIBRATION_SEED))
+    return save_int_model(int_model, folder / checkpoint.INT_MODEL_FILE)

@@ -3,7 +3,7 @@ verified, sizes equal to what the codec libraries produce, megazip's row a real 
 trip, a stable JSON schema, md/csv that parse, plots, and partial results on Ctrl-C.
 
 The model is a test-preset checkpoint folder (config.json, model.safetensors,
-coder.safetensors, as `megazip train` writes it) trained a few seconds on word salad, so
+int_model.safetensors, as `megazip train` writes it) trained a few seconds on word salad, so
 the container codes the text file with the model and the range-coder path is measured.
 """
 
@@ -27,7 +27,7 @@ from megazip.cli.main import main as cli
 
 import megazip
 from megazip import bench, checkpoint
-from megazip.export import export, save_coder
+from megazip.export import export, save_int_model
 from megazip.model import PRESETS, Megabyte
 
 CLASSICAL = ["gzip-9", "bzip2-9", "xz-9e", "zstd-3", "zstd-19", "zstd-22-long"]
@@ -121,7 +121,7 @@ def model_dir(tmp_path_factory):
         folder = tmp_path_factory.mktemp("model")
         checkpoint.save(folder, m)
         calibration = torch.stack([data[s : s + 64] for s in range(0, 64 * 16, 64)])
-        save_coder(export(m, calibration), folder / checkpoint.CODER_FILE)
+        save_int_model(export(m, calibration), folder / checkpoint.INT_MODEL_FILE)
         yield folder
     finally:
         torch.set_num_threads(before)

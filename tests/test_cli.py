@@ -264,7 +264,7 @@ def test_compress_writes_mgz_and_keeps_the_input(compressed, models):
     assert (d / "sample.txt").read_bytes() == SAMPLE
     h = container.read_header(blob)
     assert h.length == len(SAMPLE) and h.model_name == "ckA"
-    assert h.model_hash.hex() == checkpoint.load_coder(models[0]).content_hash()
+    assert h.model_hash.hex() == checkpoint.load_int_model(models[0]).content_hash()
     assert "model" in {container.METHOD_NAMES[s.method] for s in h.segments}
 
 

@@ -23,7 +23,7 @@ import zstandard
 from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_intmodel import random_coder, trained_pair, word_text
+from test_intmodel import random_int_model, trained_pair, word_text
 
 from megazip import checkpoint, container
 from megazip.coder import decode_block, encode_block
@@ -52,7 +52,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def rand():
-    return random_coder(0, 0.2)
+    return random_int_model(0, 0.2)
 
 
 @pytest.fixture(scope="module")
@@ -139,17 +139,17 @@ def expected_blocks(segments, lanes: int) -> list[list[int]]:
     return groups
 
 
-def documented_stream(coder, pieces: list[bytes]) -> bytes:
+def documented_stream(int_model, pieces: list[bytes]) -> bytes:
     """One block's stream, encoded independently as FORMAT.md says: zero-pad the lanes to
     whole patches, take the byte-by-byte tables, and range-code position-major (at
     position t, every lane longer than t in lane order) with constriction's queue
     RangeEncoder and Categorical(perfect=False) fed the counts as float64."""
-    P = coder.config.patch_size
+    P = int_model.config.patch_size
     T = -(-max(len(p) for p in pieces) // P) * P
     lanes = torch.zeros(len(pieces), T, dtype=torch.int64)
     for i, p in enumerate(pieces):
         lanes[i, : len(p)] = torch.tensor(list(p), dtype=torch.int64)
-    tables = coder.counts_incremental(lanes).cpu()
+    tables = int_model.counts_incremental(lanes).cpu()
     assert torch.all(tables >= 1) and torch.all(tables.sum(-1) == COUNT_TOTAL)
     symbols, probs = [], []
     for t in range(T):
@@ -165,7 +165,7 @@ def documented_stream(coder, pieces: list[bytes]) -> bytes:
     return words.astype("<u4").tobytes()
 
 
-def check_layout(blob: bytes, data: bytes, coder) -> dict:
+def check_layout(blob: bytes, data: bytes, int_model) -> dict:
     """Everything FORMAT.md promises about `blob`, checked independently of the reader."""
     h = parse(blob)
     r = container.read_header(blob)
@@ -173,7 +173,7 @@ def check_layout(blob: bytes, data: bytes, coder) -> dict:
     assert h["flags"] & ~KNOWN_FLAGS == 0, "unknown flag bits written"
     assert h["header_size"] == r.size
     assert h["name"] == r.model_name and h["model_hash"] == r.model_hash
-    assert h["model_hash"] == bytes.fromhex(coder.content_hash())
+    assert h["model_hash"] == bytes.fromhex(int_model.content_hash())
     assert h["length"] == len(data) and h["sha256"] == hashlib.sha256(data).digest()
     assert [(s.method, s.payload, s.length) for s in r.segments] == h["segments"]
     assert r.blocks == h["blocks"] and r.lanes == h["lanes"]
@@ -206,22 +206,22 @@ def check_layout(blob: bytes, data: bytes, coder) -> dict:
         pos += size
         assert size % 4 == 0
         if h["flags"] == 0:  # the model's own tables
-            assert stream == documented_stream(coder, [pieces[i] for i in members])
+            assert stream == documented_stream(int_model, [pieces[i] for i in members])
     assert pos == len(blob), "nothing after the last stream"
     return h
 
 
-def roundtrip(data: bytes, coder, **kw) -> tuple[bytes, dict]:
+def roundtrip(data: bytes, int_model, **kw) -> tuple[bytes, dict]:
     """Compress, check the size bounds, decompress byte for byte; (blob, stats)."""
     stats: dict = {}
-    blob = container.compress(data, coder, stats=stats, **kw)
+    blob = container.compress(data, int_model, stats=stats, **kw)
     header = container.read_header(blob)
     assert stats["header_bytes"] == header.size
     assert header.length == len(data)
     assert len(blob) <= len(data) + header.size, "bigger than storing plus the header"
     if data:
         assert len(blob) <= len(zstd19(data)) + header.size, "worse than zstd -19 + header"
-    assert container.decompress(blob, coder) == data
+    assert container.decompress(blob, int_model) == data
     return blob, stats
 
 
@@ -371,8 +371,8 @@ def test_ideal_code_lengths_are_finite_for_any_lane_lengths(rand, trained):
     zero, encode_block then adds (24 - log2 0) * 0 = NaN to the lane's bits, and with a
     NaN cost compress() picks the model for the segment whatever it costs."""
     lanes = [b"\x00", b"abcde", random_bytes(300, 9), word_text(3, 257)]
-    for coder in (rand, trained):
-        _, bits = encode_block(coder, lanes)
+    for int_model in (rand, trained):
+        _, bits = encode_block(int_model, lanes)
         assert all(np.isfinite(b) and b > 0 for b in bits), bits
     stats: dict = {}
     container.compress(random_bytes(1000, 8), rand, segment_size=300, lanes=2, stats=stats)
@@ -387,12 +387,12 @@ def test_incompressible_inputs_grow_by_at_most_the_header(rand, trained, corpora
     noise = (corpora / "brotli_testdata" / "random_org_10k.bin").read_bytes()
     packed = zstd19(word_text(14, 50_000))
     for data in (noise, packed):
-        for coder in (rand, trained):
+        for int_model in (rand, trained):
             stats: dict = {}
-            blob = container.compress(data, coder, stats=stats)
+            blob = container.compress(data, int_model, stats=stats)
             assert len(blob) <= len(data) + stats["header_bytes"]
             assert len(blob) <= len(data) + container.read_header(blob).size
-            assert container.decompress(blob, coder) == data
+            assert container.decompress(blob, int_model) == data
 
 
 def test_never_worse_than_zstd_on_redundant_data(rand):
@@ -412,7 +412,7 @@ def test_whole_file_fallback_of_a_large_input_stays_readable(rand, monkeypatch):
     one that always loses (coding 64 MiB with the model takes too long for a test); that
     does not change what the fallback writes."""
 
-    def model_always_loses(coder, segments, *args, **kwargs):
+    def model_always_loses(int_model, segments, *args, **kwargs):
         return b"\0\0\0\0", [16.0 * len(s) + 64 for s in segments]
 
     monkeypatch.setattr(container, "encode_block", model_always_loses)

@@ -6,7 +6,7 @@ any chunking vs byte by byte, one lane vs a batch of many, 1 vs 2 threads, every
 kernel backend, a save/load round trip, and (with a GPU) CPU vs CUDA; on random weights
 and inputs drawn by hypothesis, worst-case bytes and saturated int8 weights included.
 
-The helpers at the top (random_coder, trained_pair, word_text, KINDS) are shared with
+The helpers at the top (random_int_model, trained_pair, word_text, KINDS) are shared with
 tests/test_container.py.
 """
 
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from megazip import intmodel
 from megazip.evaluate import float_bits, int_bits
-from megazip.export import export, load_coder, save_coder
+from megazip.export import export, load_int_model, save_int_model
 from megazip.intmodel import COUNT_TOTAL, IntMegabyte
 from megazip.model import PRESETS, Megabyte
 
@@ -105,20 +105,20 @@ def perturbed_model(seed: int, scale: float) -> Megabyte:
 
 
 @functools.lru_cache(maxsize=32)
-def _random_coder(seed: int, scale: float) -> IntMegabyte:
+def _random_int_model(seed: int, scale: float) -> IntMegabyte:
     g = torch.Generator().manual_seed(seed + 1)
     calibration = torch.randint(0, 256, (4, 16 * P), generator=g)
     return export(perturbed_model(seed, scale), calibration)
 
 
-def clone(coder: IntMegabyte) -> IntMegabyte:
+def clone(int_model: IntMegabyte) -> IntMegabyte:
     """A fresh IntMegabyte on the CPU (IntMegabyte.to mutates its object)."""
-    return IntMegabyte(coder.config, dict(coder.tensors), dict(coder.ints))
+    return IntMegabyte(int_model.config, dict(int_model.tensors), dict(int_model.ints))
 
 
-def random_coder(seed: int = 0, scale: float = 0.2) -> IntMegabyte:
+def random_int_model(seed: int = 0, scale: float = 0.2) -> IntMegabyte:
     """The integer model of a randomly perturbed float model (cached; a fresh object)."""
-    return clone(_random_coder(seed, scale))
+    return clone(_random_int_model(seed, scale))
 
 
 @functools.lru_cache(maxsize=2)
@@ -146,14 +146,14 @@ def _trained_pair(seed: int = 0, steps: int = 150):
 
 
 def trained_pair(seed: int = 0):
-    m, coder = _trained_pair(seed)
-    return m, clone(coder)
+    m, int_model = _trained_pair(seed)
+    return m, clone(int_model)
 
 
-def full_tables(coder: IntMegabyte, lanes: torch.Tensor, chunk_patches: int) -> torch.Tensor:
+def full_tables(int_model: IntMegabyte, lanes: torch.Tensor, chunk_patches: int) -> torch.Tensor:
     """count_tables concatenated; checks that the chunks' start offsets are contiguous."""
     parts, at = [], 0
-    for start, counts in coder.count_tables(lanes, chunk_patches):
+    for start, counts in int_model.count_tables(lanes, chunk_patches):
         assert start == at, "count_tables chunks are not contiguous"
         parts.append(counts.cpu())
         at += counts.shape[1]
@@ -183,8 +183,8 @@ def backends() -> list:
     return found
 
 
-def on_backend(coder: IntMegabyte, kernels) -> IntMegabyte:
-    c = clone(coder)
+def on_backend(int_model: IntMegabyte, kernels) -> IntMegabyte:
+    c = clone(int_model)
     return c if kernels is None else c.to("cpu", kernels=kernels)
 
 
@@ -226,12 +226,12 @@ scales = st.sampled_from([0.05, 0.2, 0.5, 1.0])
 @SLOW_EXAMPLES
 @given(seed=seeds, scale=scales, lanes=lane_batches())
 def test_full_sequence_in_any_chunking_equals_byte_by_byte(seed, scale, lanes):
-    coder = random_coder(seed, scale)
+    int_model = random_int_model(seed, scale)
     B, T = lanes.shape
-    inc = coder.counts_incremental(lanes).cpu()
+    inc = int_model.counts_incremental(lanes).cpu()
     assert_valid(inc, B, T)
     for chunk in (1, 3, 64):
-        full = full_tables(coder, lanes, chunk)
+        full = full_tables(int_model, lanes, chunk)
         assert_valid(full, B, T)
         assert torch.equal(full, inc), f"chunk_patches={chunk} differs from byte by byte"
 
@@ -239,17 +239,17 @@ def test_full_sequence_in_any_chunking_equals_byte_by_byte(seed, scale, lanes):
 @SLOW_EXAMPLES
 @given(seed=seeds, scale=scales, lanes=lane_batches(max_lanes=5, max_patches=24))
 def test_a_lanes_tables_do_not_depend_on_the_other_lanes(seed, scale, lanes):
-    coder = random_coder(seed, scale)
+    int_model = random_int_model(seed, scale)
     B, T = lanes.shape
-    batch = full_tables(coder, lanes, 64)
+    batch = full_tables(int_model, lanes, 64)
     perm = torch.randperm(B)
-    shuffled = full_tables(coder, lanes[perm], 5)
+    shuffled = full_tables(int_model, lanes[perm], 5)
     assert torch.equal(shuffled, batch[perm])
     for i in range(B):
-        alone = full_tables(coder, lanes[i : i + 1], 64)
+        alone = full_tables(int_model, lanes[i : i + 1], 64)
         assert torch.equal(alone[0], batch[i]), f"lane {i} changed by its neighbours"
     # a decoder's view: byte by byte, many lanes at once
-    inc = coder.counts_incremental(torch.cat([lanes, lanes.flip(0)]))
+    inc = int_model.counts_incremental(torch.cat([lanes, lanes.flip(0)]))
     assert torch.equal(inc[:B].cpu(), batch)
     assert torch.equal(inc[B:].cpu(), batch.flip(0))
 
@@ -258,23 +258,23 @@ def test_a_lanes_tables_do_not_depend_on_the_other_lanes(seed, scale, lanes):
 def test_worst_case_inputs_on_every_backend(kernels):
     T = WINDOW_BYTES + 12 * P  # past the global window
     lanes = worst_case_lanes(T)
-    coder = on_backend(random_coder(3, 1.0), kernels)
-    reference = full_tables(random_coder(3, 1.0), lanes, 64)  # default backend
+    int_model = on_backend(random_int_model(3, 1.0), kernels)
+    reference = full_tables(random_int_model(3, 1.0), lanes, 64)  # default backend
     assert_valid(reference, *lanes.shape)
-    inc = coder.counts_incremental(lanes).cpu()
+    inc = int_model.counts_incremental(lanes).cpu()
     assert torch.equal(inc, reference)
     for chunk in (1, 3, 64):
-        assert torch.equal(full_tables(coder, lanes, chunk), reference)
+        assert torch.equal(full_tables(int_model, lanes, chunk), reference)
     for i in range(len(lanes)):
-        assert torch.equal(full_tables(coder, lanes[i : i + 1], 7)[0], reference[i])
+        assert torch.equal(full_tables(int_model, lanes[i : i + 1], 7)[0], reference[i])
 
 
-def saturate(coder: IntMegabyte, pattern: str) -> IntMegabyte:
+def saturate(int_model: IntMegabyte, pattern: str) -> IntMegabyte:
     """The same model with every int8 weight tensor (*.w) set to +-127."""
-    tensors = dict(coder.tensors)
+    tensors = dict(int_model.tensors)
     g = torch.Generator().manual_seed(11)
     n = 0
-    for name, w in coder.tensors.items():
+    for name, w in int_model.tensors.items():
         if not name.endswith(".w"):
             continue
         n += 1
@@ -289,13 +289,13 @@ def saturate(coder: IntMegabyte, pattern: str) -> IntMegabyte:
             sign = torch.rand(w.shape, generator=g) < 0.5
         tensors[name] = torch.where(sign, 127, -127).to(w.dtype)
     assert n >= 10, "expected int8 weight tensors named *.w"
-    return IntMegabyte(coder.config, tensors, dict(coder.ints))
+    return IntMegabyte(int_model.config, tensors, dict(int_model.ints))
 
 
 @pytest.mark.parametrize("pattern", ["plus", "minus", "checker", "random"])
 def test_saturated_int8_weights_give_valid_identical_tables(pattern):
-    sat = saturate(random_coder(5, 1.0), pattern)
-    assert sat.content_hash() != random_coder(5, 1.0).content_hash()
+    sat = saturate(random_int_model(5, 1.0), pattern)
+    assert sat.content_hash() != random_int_model(5, 1.0).content_hash()
     T = WINDOW_BYTES + 8 * P
     lanes = worst_case_lanes(T)
     inc = sat.counts_incremental(lanes).cpu()
@@ -308,7 +308,7 @@ def test_saturated_int8_weights_give_valid_identical_tables(pattern):
 
 
 def test_one_and_two_threads_give_identical_tables():
-    coder = random_coder(9, 0.5)
+    int_model = random_int_model(9, 0.5)
     lanes = torch.randint(
         0, 256, (16, WINDOW_BYTES + 8 * P), generator=torch.Generator().manual_seed(0)
     )
@@ -323,8 +323,8 @@ def test_one_and_two_threads_give_identical_tables():
             torch.set_num_threads(n)
             if numba is not None:
                 numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-            full = full_tables(coder, lanes, 64)
-            inc = coder.counts_incremental(lanes[:, : 12 * P]).cpu()
+            full = full_tables(int_model, lanes, 64)
+            inc = int_model.counts_incremental(lanes[:, : 12 * P]).cpu()
             results.append((full, inc))
     finally:
         torch.set_num_threads(before)
@@ -339,19 +339,19 @@ def test_one_and_two_threads_give_identical_tables():
 
 
 def test_tables_survive_save_and_load(tmp_path):
-    coder = random_coder(2, 0.5)
-    path = save_coder(coder, tmp_path / "coder.safetensors")
-    loaded = load_coder(path)
-    assert loaded.content_hash() == coder.content_hash()
+    int_model = random_int_model(2, 0.5)
+    path = save_int_model(int_model, tmp_path / "int_model.safetensors")
+    loaded = load_int_model(path)
+    assert loaded.content_hash() == int_model.content_hash()
     lanes = worst_case_lanes(10 * P)
-    assert torch.equal(full_tables(loaded, lanes, 3), full_tables(coder, lanes, 64))
+    assert torch.equal(full_tables(loaded, lanes, 3), full_tables(int_model, lanes, 64))
 
 
 def test_content_hash_is_stable_and_sees_every_change():
-    a, b = random_coder(4, 0.2), random_coder(4, 0.2)
+    a, b = random_int_model(4, 0.2), random_int_model(4, 0.2)
     assert a.content_hash() == b.content_hash()
     assert len(a.content_hash()) == 64 and int(a.content_hash(), 16) >= 0
-    assert random_coder(5, 0.2).content_hash() != a.content_hash()
+    assert random_int_model(5, 0.2).content_hash() != a.content_hash()
     name = sorted(n for n in a.tensors if n.endswith(".mult"))[0]
     tensors = dict(a.tensors)
     tensors[name] = tensors[name].clone()
@@ -416,12 +416,12 @@ def test_int8_gemm_layer_equals_int64_reference(K):
 
 
 def test_tables_equal_with_and_without_the_int8_gemm():
-    coder = saturate(random_coder(21, 1.0), "random")
+    int_model = saturate(random_int_model(21, 1.0), "random")
     T = WINDOW_BYTES + 4 * P
     lanes = torch.cat([worst_case_lanes(T), torch.randint(0, 256, (5, T))])
     tables = []
     for int8 in (True, False):
-        c = clone(coder)
+        c = clone(int_model)
         for block in c.global_blocks + c.local_blocks:
             for lin in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj):
                 lin.w8 = lin.w.to(torch.int8) if int8 else None
@@ -504,9 +504,9 @@ def test_isqrt_edges():
 def test_cuda_tables_equal_cpu_tables():
     T = WINDOW_BYTES + 8 * P
     lanes = torch.cat([worst_case_lanes(T), torch.randint(0, 256, (25, T))])
-    for coder in (random_coder(3, 1.0), saturate(random_coder(5, 1.0), "random")):
-        cpu = full_tables(clone(coder), lanes, 64)
-        gpu_model = clone(coder).to("cuda")
+    for int_model in (random_int_model(3, 1.0), saturate(random_int_model(5, 1.0), "random")):
+        cpu = full_tables(clone(int_model), lanes, 64)
+        gpu_model = clone(int_model).to("cuda")
         assert torch.equal(full_tables(gpu_model, lanes, 64), cpu)
         assert torch.equal(full_tables(gpu_model, lanes, 3), cpu)
         assert torch.equal(gpu_model.counts_incremental(lanes[:, : 8 * P]).cpu(), cpu[:, : 8 * P])
@@ -516,9 +516,9 @@ def test_cuda_tables_equal_cpu_tables():
 
 
 def test_integer_model_bits_within_3_percent_of_float():
-    model, coder = trained_pair()
+    model, int_model = trained_pair()
     for seed, n in ((2, 1500), (3, 517)):  # lengths past the window, one not a patch multiple
         sample = word_text(seed, n)
-        fb, ib = float_bits(model, sample), int_bits(coder, sample)
+        fb, ib = float_bits(model, sample), int_bits(int_model, sample)
         assert fb / n < 3.0, f"the float model did not learn: {fb / n:.3f} bits/byte"
         assert abs(ib - fb) <= 0.03 * fb, f"int {ib / n:.4f} vs float {fb / n:.4f} bits/byte"

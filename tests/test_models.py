@@ -19,11 +19,11 @@ def test_the_default_model_is_shipped():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shipped_model_hash_matches_its_card_and_metadata(name):
-    coder = checkpoint.load_coder(name)
+    int_model = checkpoint.load_int_model(name)
     card = (checkpoint.shipped_models_dir() / f"{name}.md").read_text()
     hashes = re.findall(r"content hash `([0-9a-f]{64})`", card)
-    assert hashes == [coder.content_hash()]
-    assert checkpoint.read_meta(name)["coder_hash"] == coder.content_hash()
+    assert hashes == [int_model.content_hash()]
+    assert checkpoint.read_meta(name)["int_model_hash"] == int_model.content_hash()
 
 
 @pytest.mark.parametrize("name", NAMES)

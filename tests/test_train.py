@@ -84,17 +84,17 @@ def test_time_limit_ends_the_schedule_early_with_a_final_checkpoint(tmp_path):
     meta = json.loads((tmp_path / "run/config.json").read_text())
     assert meta["step"] == summary["step"] and meta["wall_s"] >= 3.0
     assert meta["history"][-1]["step"] == summary["step"]
-    assert (tmp_path / "run" / checkpoint.CODER_FILE).is_file()
+    assert (tmp_path / "run" / checkpoint.INT_MODEL_FILE).is_file()
 
 
-def test_export_command_rebuilds_the_coder_training_wrote(tmp_path):
+def test_export_command_rebuilds_the_int_model_training_wrote(tmp_path):
     train(small_cfg(tmp_path, steps=6))
     run = tmp_path / "run"
-    written = checkpoint.load_coder(run).content_hash()
-    (run / checkpoint.CODER_FILE).unlink()
+    written = checkpoint.load_int_model(run).content_hash()
+    (run / checkpoint.INT_MODEL_FILE).unlink()
     out = subprocess.run(megazip_cmd("export", str(run)), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert checkpoint.load_coder(run).content_hash() == written
+    assert checkpoint.load_int_model(run).content_hash() == written
     assert written in out.stdout
     bad = subprocess.run(megazip_cmd("export", str(tmp_path)), capture_output=True, text=True)
     assert bad.returncode == 1 and "not a checkpoint folder" in bad.stderr
@@ -135,7 +135,7 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path):
     meta = json.loads((out / "config.json").read_text())
     assert meta["step"] == 4 and meta["world_size"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "coder.safetensors",
+        "int_model.safetensors",
         "config.json",
         "model.safetensors",
         "train_state.pt",
