@@ -483,9 +483,9 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
     Ctrl-C the rows measured so far are still printed and saved (exit status 130)."""
     from tqdm import tqdm
 
-    from megazip import bench, checkpoint
+    from megazip import benchmark, checkpoint
 
-    names, unavailable = bench.parse_codecs(codecs)
+    names, unavailable = benchmark.parse_codecs(codecs)
     if plot:
         if not out_dir:
             raise UserError("--plot needs --out DIR")
@@ -496,7 +496,7 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
     if codecs and unavailable and not quiet:
         for n, why in unavailable.items():
             click.echo(f"megazip: skipping {n}: {why}", err=True)
-    files = bench.inputs(paths)
+    files = benchmark.inputs(paths)
     bar = tqdm(
         total=len(files) * len(names),
         unit="run",
@@ -505,7 +505,7 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
         disable=quiet or not sys.stderr.isatty(),
     )
     try:
-        doc = bench.run(
+        doc = benchmark.run(
             paths,
             names,
             model=model_name or checkpoint.DEFAULT_MODEL,
@@ -518,12 +518,12 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
         )
     finally:
         bar.close()
-    name = bench.report_name(paths)
-    click.echo(bench.render(doc, fmt, name), nl=False)
+    name = benchmark.report_name(paths)
+    click.echo(benchmark.render(doc, fmt, name), nl=False)
     if out_dir:
-        written = bench.save(doc, out_dir, name, fmt)
+        written = benchmark.save(doc, out_dir, name, fmt)
         if plot and not doc["interrupted"]:
-            written += bench.plot(doc, out_dir, name)
+            written += benchmark.plot(doc, out_dir, name)
         if not quiet:
             click.echo(f"megazip: wrote {', '.join(map(str, written))}", err=True)
     if doc["interrupted"]:
