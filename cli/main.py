@@ -54,14 +54,12 @@ def compress_cmd(
     files, output, to_stdout, force, remove, model_name, device, quiet, verbose, lanes, segment_size
 ):
     """Compress files to FILE.mgz (stdin to stdout with no file or '-')."""
-    import zstandard
-
     from megazip import checkpoint, container
 
     files = files or (fileio.STDIO,)
     outs = fileio.plan_outputs(files, output, to_stdout, fileio.compressed_name)
     model = model_name or checkpoint.DEFAULT_MODEL
-    dev = opt.pick_device(device)
+    dev = device  # resolved (importing torch) only if the model runs
 
     def one(f, o):
         fileio.check_target(f, o, force)
@@ -85,7 +83,7 @@ def compress_cmd(
         fileio.write_output(o, blob, force, like=f)
         if not quiet:
             raw, packed = len(data), len(blob)
-            z = len(zstandard.ZstdCompressor(level=container.ZSTD_LEVEL).compress(data))
+            z = stats["zstd_bytes"]
             bpb, zbpb = (8 * packed / raw, 8 * z / raw) if raw else (0.0, 0.0)
             click.echo(
                 f"{f if f != fileio.STDIO else 'stdin'}: {raw:,} -> {packed:,} bytes, "
@@ -123,7 +121,7 @@ def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, 
 
     files = files or (fileio.STDIO,)
     outs = fileio.plan_outputs(files, output, to_stdout, fileio.decompressed_name)
-    dev = opt.pick_device(device)
+    dev = device  # resolved (importing torch) only if the model runs
 
     def one(f, o):
         fileio.check_target(f, o, force)
@@ -149,7 +147,7 @@ def test_cmd(files, model_name, device, quiet):
     """Verify .mgz files: decompress in memory and check the checksum."""
     from megazip import container
 
-    dev = opt.pick_device(device)
+    dev = device  # resolved (importing torch) only if the model runs
 
     def one(f):
         blob = fileio.read_input(f)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch is imported only by the functions that need it (start fast)
+    import torch
 
-from .model import Megabyte, MegabyteConfig
+    from .model import Megabyte
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -82,6 +83,8 @@ def read_meta(name_or_path: str | Path) -> dict:
 def save(folder: str | Path, model: Megabyte, meta: dict | None = None) -> Path:
     """Write config.json and model.safetensors into `folder` (created if needed), each
     through a temporary file and a rename so a crash never leaves a torn checkpoint."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
@@ -99,6 +102,10 @@ def save(folder: str | Path, model: Megabyte, meta: dict | None = None) -> Path:
 
 def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> tuple[Megabyte, dict]:
     """(float model in eval mode, metadata) from a checkpoint folder or a shipped name."""
+    from safetensors.torch import load_file
+
+    from .model import Megabyte, MegabyteConfig
+
     cfg_path, weights_path = resolve(name_or_path)
     meta = json.loads(cfg_path.read_text())
     if "config" not in meta or not weights_path.is_file():

@@ -23,13 +23,14 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zstandard
 
 from . import checkpoint
-from .adaptive import ADAPTIVE_VERSION
-from .coder import decode_block, encode_block
-from .intmodel import IntMegabyte
+
+if TYPE_CHECKING:  # torch, numba and the model load only when a segment is model-coded
+    from .intmodel import IntMegabyte
 
 MAGIC = b"\x89MGZ"
 VERSION = 1
@@ -138,6 +139,8 @@ def read_header(blob: bytes) -> Header:
         raise FormatError(f"unsupported feature flags {flags:#04x}")
     for flag, old in RETIRED_FLAGS.items():
         if flags & flag:
+            from .adaptive import ADAPTIVE_VERSION
+
             raise FormatError(
                 f"this file was coded with version {old} of the adaptive stage, which this "
                 f"megazip no longer decodes (it writes version {ADAPTIVE_VERSION})"
@@ -203,7 +206,9 @@ def compress(
     followed by the adaptive stage unless adaptive=False. `stats`, if given, is filled
     with: model_bits (ideal code length of the model segments under the final tables),
     prior_bits (the same under the model alone), model_bytes (their coded size),
-    methods (of each segment) and header_bytes."""
+    methods (of each segment), header_bytes and zstd_bytes (zstd -19 of the whole input)."""
+    from .coder import encode_block
+
     int_model, name = _int_model(model, device)
     data = bytes(data)
     seg = segment_size or default_segment_size(len(data), lanes, int_model.config.patch_size)
@@ -278,6 +283,7 @@ def compress(
             model_bytes=sum(hdr.blocks),
             methods=[METHOD_NAMES[s.method] for s in hdr.segments],
             header_bytes=hdr.size,
+            zstd_bytes=len(whole),  # zstd -19 of the whole input
         )
     return blob
 
@@ -323,6 +329,8 @@ def decompress(
             out[i] = _unzstd(payload, s.length)
         if progress:
             progress(s.length)
+    if members:
+        from .coder import decode_block
     for group, size in zip(members, h.blocks, strict=True):
         stream = blob[pos : pos + size]
         pos += size
@@ -351,11 +359,27 @@ def _unzstd(payload: bytes, length: int) -> bytes:
     return data
 
 
-_INT_MODELS: dict[tuple[str, str], IntMegabyte] = {}
+_INT_MODELS: dict[tuple, IntMegabyte] = {}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a CUDA GPU is available, else 'cpu' (imports torch: call it
+    only when the model runs); other names are returned as they are."""
+    if device in ("auto", "cuda"):
+        import torch
+
+        if device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but no CUDA GPU is available")
+    return device
 
 
 def _int_model(model: str | IntMegabyte, device: str) -> tuple[IntMegabyte, str]:
     """(integer model on `device`, name for the header); loaded models are cached."""
+    from .intmodel import IntMegabyte
+
+    device = resolve_device(device)
     if isinstance(model, IntMegabyte):
         return model.to(device), "custom"
     path = checkpoint.int_model_path(model)
