@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from test_intmodel import random_int_model
+from helpers import random_int_model
 
 from megazip import container
 
