@@ -35,6 +35,7 @@ def main():
     opt.remove,
     opt.model(),
     opt.device,
+    opt.threads,
     opt.quiet,
     opt.verbose,
 )
@@ -42,16 +43,27 @@ def main():
     "--lanes",
     default=None,
     type=click.IntRange(1, 1 << 14),
-    help="Segments coded together (more: faster, more memory).",
+    help="Segments coded together (more: faster, more memory; default: from the size).",
 )
 @click.option(
     "--segment-size",
     default=None,
     type=click.IntRange(1, 1 << 26),
-    help="Bytes per segment (default: from the input size and --lanes).",
+    help="Bytes per segment (default: from the input size, and --lanes if given).",
 )
 def compress_cmd(
-    files, output, to_stdout, force, remove, model_name, device, quiet, verbose, lanes, segment_size
+    files,
+    output,
+    to_stdout,
+    force,
+    remove,
+    model_name,
+    device,
+    threads,
+    quiet,
+    verbose,
+    lanes,
+    segment_size,
 ):
     """Compress files to FILE.mgz (stdin to stdout with no file or '-')."""
     from megazip import checkpoint, container
@@ -70,15 +82,20 @@ def compress_cmd(
             blob = container.compress(
                 data,
                 model,
-                lanes=lanes or container.DEFAULT_LANES,
+                lanes=lanes,
                 segment_size=segment_size,
                 device=dev,
                 progress=update,
                 stats=stats,
+                threads=threads or None,
             )
         finally:
             close()
-        if remove and f != fileio.STDIO and container.decompress(blob, model, device=dev) != data:
+        if (
+            remove
+            and f != fileio.STDIO
+            and container.decompress(blob, model, device=dev, threads=threads or None) != data
+        ):
             raise UserError(f"{f}: verification failed; input kept")
         fileio.write_output(o, blob, force, like=f)
         if not quiet:
@@ -112,10 +129,13 @@ def compress_cmd(
     opt.remove,
     opt.model(in_file=True),
     opt.device,
+    opt.threads,
     opt.quiet,
     opt.verbose,
 )
-def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, quiet, verbose):
+def decompress_cmd(
+    files, output, to_stdout, force, remove, model_name, device, threads, quiet, verbose
+):
     """Decompress FILE.mgz to FILE (stdin to stdout with no file or '-')."""
     from megazip import container
 
@@ -128,7 +148,9 @@ def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, 
         blob = fileio.read_input(f)
         update, close = fileio.progress(container.read_header(blob).length, quiet, Path(f).name)
         try:
-            data = container.decompress(blob, model_name, device=dev, progress=update)
+            data = container.decompress(
+                blob, model_name, device=dev, progress=update, threads=threads or None
+            )
         finally:
             close()
         fileio.write_output(o, data, force, like=f)
@@ -142,8 +164,8 @@ def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, 
 
 @main.command("test")
 @click.argument("files", nargs=-1, required=True)
-@options(opt.model(in_file=True), opt.device, opt.quiet)
-def test_cmd(files, model_name, device, quiet):
+@options(opt.model(in_file=True), opt.device, opt.threads, opt.quiet)
+def test_cmd(files, model_name, device, threads, quiet):
     """Verify .mgz files: decompress in memory and check the checksum."""
     from megazip import container
 
@@ -153,7 +175,9 @@ def test_cmd(files, model_name, device, quiet):
         blob = fileio.read_input(f)
         update, close = fileio.progress(container.read_header(blob).length, quiet, Path(f).name)
         try:
-            container.decompress(blob, model_name, device=dev, progress=update)
+            container.decompress(
+                blob, model_name, device=dev, progress=update, threads=threads or None
+            )
         finally:
             close()
         if not quiet:

@@ -32,6 +32,13 @@ def model(in_file: bool = False):
     )
 
 
+threads = click.option(
+    "-T",
+    "--threads",
+    type=click.IntRange(0, 1 << 10),
+    default=0,
+    help="Worker processes for independent blocks (0: every core). The output is the same.",
+)
 quiet = click.option("-q", "--quiet", is_flag=True, help="Quiet: no progress bar, fewer messages.")
 verbose = click.option(
     "-v",

@@ -82,8 +82,10 @@ class BlockTables:
         segments: list[bytes],
         adaptive: bool = True,
         chunk_patches: int = CHUNK_PATCHES,
+        threads: int | None = None,
     ):
         self.int_model, self.adaptive, self.chunk_patches = int_model, adaptive, chunk_patches
+        self.threads = threads
         self.lanes, self.lengths = lanes_tensor(segments, int_model.config.patch_size)
         self.record = adaptive_stage.choose_record(segments) if adaptive else 0
         self.head = self.record.to_bytes(4, "little") if adaptive else b""
@@ -93,20 +95,71 @@ class BlockTables:
     def __iter__(self) -> Iterator[Chunk]:
         lanes, lengths = self.lanes, self.lengths
         models = LaneModels(len(lengths), lanes.shape[1], self.record) if self.adaptive else None
-        for start, counts in self.int_model.count_tables(lanes, self.chunk_patches):
-            prior = counts.cpu()
-            C = prior.shape[1]
-            sym = lanes[:, start : start + C]
-            active = lengths[:, None] > torch.arange(start, start + C)  # (B, C)
-            final = prior
-            if models is not None:
-                final = torch.from_numpy(
-                    adaptive_stage.mix_chunk(models, prior.numpy(), sym.numpy(), active.numpy())
-                )
-            chunk = Chunk(start, sym, active, prior, final)
-            self.prior_bits += chunk.bits(prior)
-            self.final_bits += chunk.bits(final)
-            yield chunk
+        tables = self.int_model.count_tables(lanes, self.chunk_patches)
+        with contextlib.ExitStack() as stack:
+            n = self.threads
+            stack.enter_context(torch_threads(None if n is None else max(1, n - 1)))
+            if n is not None and n > 1 and models is not None:  # the model a chunk ahead
+                tables = stack.enter_context(_ahead(tables))
+            for start, counts in tables:
+                prior = counts.cpu()
+                C = prior.shape[1]
+                sym = lanes[:, start : start + C]
+                active = lengths[:, None] > torch.arange(start, start + C)  # (B, C)
+                final = prior
+                if models is not None:
+                    final = torch.from_numpy(
+                        adaptive_stage.mix_chunk(models, prior.numpy(), sym.numpy(), active.numpy())
+                    )
+                chunk = Chunk(start, sym, active, prior, final)
+                self.prior_bits += chunk.bits(prior)
+                self.final_bits += chunk.bits(final)
+                yield chunk
+
+
+@contextlib.contextmanager
+def _ahead(items: Iterator, depth: int = 1):
+    """Within: an iterator over `items`, which a second thread computes up to `depth`
+    items ahead of the consumer (for a generator whose work releases the GIL: torch ops,
+    numba nogil kernels). Items and their order are unchanged; an error in the producer
+    is raised in the consumer; leaving early stops the producer."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((item, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((done, e))
+            return
+        q.put((done, None))
+
+    def consume():
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting to put
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.05)
+        worker.join()
 
 
 def code_lengths(
@@ -132,13 +185,17 @@ def encode_block(
     progress: Callable[[int], None] | None = None,
     adaptive: bool = True,
     prior_bits: list[float] | None = None,
+    threads: int | None = None,
 ) -> tuple[bytes, list[float]]:
     """Encode up to G non-empty segments as one stream, with the adaptive stage
     (megazip/adaptive.py) after the model unless adaptive=False. Returns (stream bytes,
     ideal code length of each segment in bits under the final tables, as code_lengths
     gives it). If `prior_bits` is a list, the model-alone code length of each segment is
-    appended to it. `progress` is called with the bytes done."""
-    tables = BlockTables(int_model, segments, adaptive, chunk_patches)
+    appended to it. `progress` is called with the bytes done. `threads` (None: the
+    caller's torch setting, unchanged): with 1, torch runs one thread; with n >= 2 and the
+    adaptive stage, the model runs a chunk ahead on a second thread with n - 1 torch
+    threads while this one mixes. The tables and bytes are the same for any value."""
+    tables = BlockTables(int_model, segments, adaptive, chunk_patches, threads=threads)
     enc = constriction.stream.queue.RangeEncoder()
     for chunk in tables:
         order = chunk.active.t()  # position-major: (C, B)

@@ -19,6 +19,7 @@ input beats all that, the file is a single zstd segment: megazip is never worse 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zlib
 from collections import OrderedDict
@@ -45,10 +46,22 @@ METHOD_NAMES = {STORED: "stored", ZSTD: "zstd", MODEL: "model"}
 ZSTD_LEVEL = 19
 MAX_SEGMENT = 1 << 26  # 64 MiB: largest segment a decoder accepts
 MAX_LANES = 1 << 14
-DEFAULT_LANES = 64
-# Segments are at least 16 KiB: the adaptive stage learns from its own lane only, so
-# longer lanes compress better (alice29.txt with tiny: 3.66 bits/byte at 4 KiB, 3.51 at
-# 16 KiB, 3.29 at 64 KiB), while more lanes decode faster. --segment-size overrides.
+DEFAULT_LANES = 64  # with --lanes and no --segment-size: segments of n / lanes bytes
+# The default layout (default_layout): segments by input size (LAYOUT_SEGMENTS: up to
+# that many bytes of input, segments of this size; then LAYOUT_SEGMENT), at most
+# LAYOUT_LANES lanes per block (the decoder's caches grow with the lanes), and from two
+# BLOCK_BYTES of input on, the segments spread evenly over several blocks, which
+# --threads codes in parallel. Fewer lanes mean more lockstep decoding steps, each with a
+# fixed cost (a 64 KiB file in 16 KiB segments took 16,384 steps of 4 lanes); shorter
+# segments cost a little density, as every lane starts without context (measured on six
+# Canterbury files, 234 KB, against 16 KiB: +1.1 % at 4 KiB, +2.1 % at 2 KiB), so only
+# small inputs, whose bytes weigh little in any total, get the shortest.
+LAYOUT_SEGMENTS = ((1 << 16, 2048), (1 << 18, 8192))
+LAYOUT_SEGMENT = 16384
+LAYOUT_LANES = 256
+BLOCK_BYTES = 1 << 20
+MAX_BLOCKS = 16
+# With --lanes and no --segment-size, segments are at least MIN_SEGMENT bytes.
 MIN_SEGMENT = 16384
 STREAM_OVERHEAD = 4  # bytes a model segment is assumed to cost beyond its ideal length
 
@@ -187,9 +200,34 @@ def read_header(blob: bytes) -> Header:
 
 
 def default_segment_size(n: int, lanes: int, patch: int) -> int:
-    """Segments long enough for context, numerous enough to fill `lanes` lanes."""
+    """With a lane count given: segments long enough for context, numerous enough to fill
+    `lanes` lanes."""
     size = max(MIN_SEGMENT, -(-n // lanes))
     return min(MAX_SEGMENT, -(-size // patch) * patch)
+
+
+def default_layout(n: int, patch: int) -> tuple[int, int]:
+    """(segment size, lanes per block) for an input of n bytes: one block per whole
+    BLOCK_BYTES of input (at most MAX_BLOCKS; one for smaller inputs), its share of the
+    input in segments of the size LAYOUT_SEGMENTS gives for n, or in LAYOUT_LANES longer
+    ones when that is too many (segments are whole patches)."""
+    seg = next((size for limit, size in LAYOUT_SEGMENTS if n <= limit), LAYOUT_SEGMENT)
+    seg = -(-seg // patch) * patch
+    blocks = max(1, min(n // BLOCK_BYTES, MAX_BLOCKS))
+    per_block = -(-n // blocks)
+    if per_block > seg * LAYOUT_LANES:
+        longer = -(-per_block // LAYOUT_LANES)
+        seg = min(MAX_SEGMENT, -(-longer // patch) * patch)
+    count = max(1, -(-n // seg))
+    return seg, min(MAX_LANES, -(-count // blocks))
+
+
+def default_threads() -> int:
+    """The CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def compress(
@@ -197,32 +235,41 @@ def compress(
     model: str | IntMegabyte = checkpoint.DEFAULT_MODEL,
     *,
     segment_size: int | None = None,
-    lanes: int = DEFAULT_LANES,
+    lanes: int | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     stats: dict | None = None,
     adaptive: bool = True,
+    threads: int | None = 1,
 ) -> bytes:
     """Compress `data` with a model (shipped name, checkpoint path, or IntMegabyte),
-    followed by the adaptive stage unless adaptive=False. `stats`, if given, is filled
-    with: model_bits (ideal code length of the model segments under the final tables),
-    prior_bits (the same under the model alone), model_bytes (their coded size),
-    methods (of each segment), header_bytes and zstd_bytes (zstd -19 of the whole input)."""
-
-    int_model, name = _int_model(model, device)
+    followed by the adaptive stage unless adaptive=False. The layout is default_layout's
+    unless `segment_size` or `lanes` is given (lanes alone: default_segment_size; a
+    segment size alone: DEFAULT_LANES lanes). `threads` (None: every core) worker
+    processes code the blocks in parallel; the output is the same for any number.
+    `stats`, if given, is filled with: model_bits (ideal code length of the model
+    segments under the final tables), prior_bits (the same under the model alone),
+    model_bytes (their coded size), methods (of each segment), header_bytes and
+    zstd_bytes (zstd -19 of the whole input)."""
     data = bytes(data)
-    seg = segment_size or default_segment_size(len(data), lanes, int_model.config.patch_size)
+    patch, name, model_hash = _model_identity(model)
+    if segment_size is None and lanes is None:
+        seg, lanes = default_layout(len(data), patch)
+    else:
+        lanes = lanes or DEFAULT_LANES
+        seg = segment_size or default_segment_size(len(data), lanes, patch)
     if not 0 < seg <= MAX_SEGMENT or not 0 < lanes <= MAX_LANES:
         raise ValueError("segment size or lane count out of range")
     pieces = [data[i : i + seg] for i in range(0, len(data), seg)]
     zpieces = [zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(p) for p in pieces]
+    groups = [list(range(b0, min(b0 + lanes, len(pieces)))) for b0 in range(0, len(pieces), lanes)]
+    jobs = [([pieces[i] for i in g], [zpieces[i] for i in g], adaptive) for g in groups]
+    results = _run_blocks(_code_block_job, jobs, model, device, threads, progress)
     segments, payloads, blocks, streams = [], [], [], []
     model_bits = prior_total = 0.0
-    for b0 in range(0, len(pieces), lanes):
-        idx = list(range(b0, min(b0 + lanes, len(pieces))))
-        members, stream, bits, prior = _code_block(
-            int_model, pieces, zpieces, idx, adaptive, progress
-        )
+    for idx, (members, stream, bits, prior, job_hash) in zip(groups, results, strict=True):
+        model_hash = model_hash or job_hash
+        members = [idx[j] for j in members]
         if members and len(stream) >= 1 << 32:
             raise ValueError("a block's stream exceeds 4 GiB: use fewer lanes or segments")
         if members:
@@ -237,7 +284,7 @@ def compress(
             payloads.append(payload)
     header = Header(
         name,
-        bytes.fromhex(int_model.content_hash()),
+        bytes.fromhex(model_hash),
         len(data),
         hashlib.sha256(data).digest(),
         seg,
@@ -271,14 +318,26 @@ def compress(
     return blob
 
 
+def _model_identity(model) -> tuple[int, str, str | None]:
+    """(patch size, name for the header, content hash or None when not known without
+    loading the model) of a model given to compress(), read from its config alone for a
+    name or path, so that the parent of worker processes never loads torch."""
+    if not isinstance(model, (str, os.PathLike)):  # an IntMegabyte
+        return model.config.patch_size, "custom", model.content_hash()
+    meta = checkpoint.read_meta(model)
+    name = str(model).rstrip("/").split("/")[-1].removesuffix(".json")
+    return meta["config"]["patch_size"], name, None
+
+
 def _classical(piece: bytes, zpiece: bytes) -> int:
     """STORED or ZSTD, whichever is smaller (STORED on a tie)."""
     return ZSTD if len(zpiece) < len(piece) else STORED
 
 
-def _code_block(int_model, pieces, zpieces, idx, adaptive, progress):
-    """Code the segments `idx` of one block: (model members, their stream, their bits
-    under the final tables, their bits under the prior alone).
+def _code_block(int_model, pieces, zpieces, adaptive, progress, threads=None):
+    """Code the segments `pieces` of one block: (indices of the model members in
+    `pieces`, their stream, their bits under the final tables, their bits under the prior
+    alone).
 
     A segment is a member if its model cost (bits / 8 + STREAM_OVERHEAD bytes, under the
     stream actually written) is below both its zstd and stored sizes (ties go to zstd or
@@ -288,7 +347,7 @@ def _code_block(int_model, pieces, zpieces, idx, adaptive, progress):
     leave, so this ends; the same input always gives the same result)."""
     from .coder import encode_block
 
-    members, coded = list(idx), None
+    members, coded = list(range(len(pieces))), None
     while members:
         prior: list[float] = []
         stream, bits = encode_block(
@@ -297,6 +356,7 @@ def _code_block(int_model, pieces, zpieces, idx, adaptive, progress):
             progress=progress if coded is None else None,
             adaptive=adaptive,
             prior_bits=prior,
+            threads=threads,
         )
         coded = members
         members = [
@@ -309,32 +369,127 @@ def _code_block(int_model, pieces, zpieces, idx, adaptive, progress):
     return [], b"", [], []
 
 
+def _code_block_job(int_model, job, progress, threads=1):
+    pieces, zpieces, adaptive = job
+    coded = _code_block(int_model, pieces, zpieces, adaptive, progress, threads)
+    return (*coded, int_model.content_hash())
+
+
+def _decode_block_job(int_model, job, progress, threads=1):
+    from .coder import decode_block
+
+    stream, lengths, adaptive = job
+    return decode_block(int_model, stream, lengths, progress, adaptive=adaptive)
+
+
+# ----------------------------------------------------------------------- worker processes
+# Blocks are independent, so `threads` worker processes code them in parallel, each on
+# one thread (a second thread pool inside a worker would only fight the others: OpenMP
+# barriers on a busy machine, numba's pool slowing torch's int8 GEMM). A worker loads the
+# model once. The bytes do not depend on the number of workers.
+_WORKER: dict = {}
+PARALLEL_MIN_BYTES = 1 << 19  # less model-coded input than this: no workers (their start
+# costs seconds: torch, numba and the model load in each)
+ONE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+}
+
+
+def _load(model, device: str, header: Header | None):
+    """The integer model for coding (header None) or for decoding `header` (checked)."""
+    return _decoder_model(model, device, header) if header else _int_model(model, device)[0]
+
+
+def _worker_init(model, device: str, header: Header | None) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER["args"] = (model, device, header)
+
+
+def _worker_run(fn, job):
+    if "model" not in _WORKER:
+        _WORKER["model"] = _load(*_WORKER["args"])
+    return fn(_WORKER["model"], job, None)
+
+
+def _job_bytes(fn, job) -> int:
+    return sum(map(len, job[0])) if fn is _code_block_job else sum(job[1])
+
+
+def _run_blocks(fn, jobs, model, device, threads, progress, header=None):
+    """[fn(int_model, job, progress) for job in jobs], in `threads` worker processes when
+    there are several jobs and threads > 1 (None: every core), else in this process."""
+    workers = min(default_threads() if threads is None else max(1, threads), len(jobs))
+    if sum(_job_bytes(fn, job) for job in jobs) < PARALLEL_MIN_BYTES:
+        workers = 1
+    if workers <= 1:  # in this process; threads > 1 may still pipeline within a block
+        int_model = _load(model, device, header) if jobs else None
+        n = default_threads() if threads is None else max(1, threads)
+        return [fn(int_model, job, progress, n) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    saved = {k: os.environ.get(k) for k in ONE_THREAD_ENV}
+    os.environ.update(ONE_THREAD_ENV)  # inherited by the workers as they start
+    try:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(model, device, header),
+        ) as pool:
+            futures = [pool.submit(_worker_run, fn, job) for job in jobs]
+            results = []
+            for job, f in zip(jobs, futures, strict=True):
+                results.append(f.result())
+                if progress:
+                    progress(_job_bytes(fn, job))
+            return results
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _decoder_model(model, device: str, h: Header | None):
+    """The integer model that decodes `h` (checked against its hash when h is given)."""
+    try:
+        int_model, _ = _int_model(model if model is not None else h.model_name, device)
+    except checkpoint.ModelNotFound:
+        if h is None:
+            raise
+        raise checkpoint.ModelNotFound(
+            f"this file needs model {h.model_name!r} (hash {h.model_hash.hex()[:16]}), "
+            "which is not installed; pass --model PATH"
+        ) from None
+    if h is not None and bytes.fromhex(int_model.content_hash()) != h.model_hash:
+        raise ModelMismatch(
+            f"this file needs model {h.model_name!r} with hash {h.model_hash.hex()[:16]}, "
+            f"but the model given has hash {int_model.content_hash()[:16]}"
+        )
+    return int_model
+
+
 def decompress(
     blob: bytes,
     model: str | IntMegabyte | None = None,
     *,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
+    threads: int | None = 1,
 ) -> bytes:
     """Decompress a .mgz blob. The model defaults to the one named in the header; a model
-    whose content hash differs from the header's is refused (ModelMismatch). Raises
+    whose content hash differs from the header's is refused (ModelMismatch). `threads`
+    (None: every core) worker processes decode the blocks in parallel. Raises
     FormatError for damaged input, including a checksum mismatch."""
     h = read_header(blob)
     members = h.block_members()
-    int_model = None
-    if members:
-        try:
-            int_model, _ = _int_model(model if model is not None else h.model_name, device)
-        except checkpoint.ModelNotFound:
-            raise checkpoint.ModelNotFound(
-                f"this file needs model {h.model_name!r} (hash {h.model_hash.hex()[:16]}), "
-                "which is not installed; pass --model PATH"
-            ) from None
-        if bytes.fromhex(int_model.content_hash()) != h.model_hash:
-            raise ModelMismatch(
-                f"this file needs model {h.model_name!r} with hash {h.model_hash.hex()[:16]}, "
-                f"but the model given has hash {int_model.content_hash()[:16]}"
-            )
     pos = h.size
     out: list[bytes | None] = [None] * len(h.segments)
     for i, s in enumerate(h.segments):
@@ -350,19 +505,14 @@ def decompress(
             out[i] = _unzstd(payload, s.length)
         if progress:
             progress(s.length)
-    if members:
-        from .coder import decode_block
+    jobs = []
     for group, size in zip(members, h.blocks, strict=True):
-        stream = blob[pos : pos + size]
+        lengths = [h.segments[i].length for i in group]
+        jobs.append((blob[pos : pos + size], lengths, bool(h.flags & FLAG_ADAPTIVE)))
         pos += size
-        lanes = decode_block(
-            int_model,
-            stream,
-            [h.segments[i].length for i in group],
-            progress,
-            adaptive=bool(h.flags & FLAG_ADAPTIVE),
-        )
-        for i, lane in zip(group, lanes, strict=True):
+    lanes = _run_blocks(_decode_block_job, jobs, model, device, threads, progress, h)
+    for group, block in zip(members, lanes, strict=True):
+        for i, lane in zip(group, block, strict=True):
             out[i] = lane
     data = b"".join(out)
     if len(data) != h.length or hashlib.sha256(data).digest() != h.sha256:

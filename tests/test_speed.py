@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from helpers import random_int_model
+from conftest import megazip_cmd
+from helpers import random_int_model, trained_pair, word_text
 
 from megazip import container
 
@@ -49,3 +50,68 @@ def test_decompressing_stored_or_zstd_imports_neither_torch_nor_numba(rand, tmp_
         assert r.returncode == 0, r.stderr.decode()
         assert r.stdout.decode().splitlines()[-1] == "imported: -", (cmd, r.stdout)
     assert (tmp_path / "x").read_bytes() == data
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return trained_pair()[1]
+
+
+def test_output_is_identical_for_any_number_of_threads(trained, monkeypatch):
+    """Worker processes over blocks (-T 2) and the encoder's model-ahead thread give the
+    bytes of one thread; both decode back, in this process and in workers."""
+    monkeypatch.setattr(container, "PARALLEL_MIN_BYTES", 0)  # workers even for a small input
+    data = word_text(3, 6000) + bytes(range(256)) * 4
+    layout = {"segment_size": 700, "lanes": 3}  # 10 segments: 4 blocks
+    one = container.compress(data, trained, threads=1, **layout)
+    assert len(container.read_header(one).blocks) >= 3
+    assert container.compress(data, trained, threads=2, **layout) == one
+    monkeypatch.setattr(container, "PARALLEL_MIN_BYTES", 1 << 40)  # in this process
+    assert container.compress(data, trained, threads=2, **layout) == one  # model ahead
+    assert container.decompress(one, trained, threads=1) == data
+    monkeypatch.setattr(container, "PARALLEL_MIN_BYTES", 0)
+    assert container.decompress(one, trained, threads=2) == data
+
+
+def test_cli_threads_give_the_same_file(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_bytes(word_text(5, 5000))
+    outs = []
+    for t in ("1", "2"):
+        out = tmp_path / f"t{t}.mgz"
+        r = subprocess.run(
+            [*megazip_cmd("compress", "-q", "-T", t, str(src), "-o", str(out))],
+            capture_output=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr.decode()
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    back = tmp_path / "back.txt"
+    r = subprocess.run(
+        megazip_cmd("decompress", "-q", "-T", "2", str(tmp_path / "t2.mgz"), "-o", str(back)),
+        capture_output=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert back.read_bytes() == src.read_bytes()
+
+
+def ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def test_default_layout_by_input_size():
+    P = 8
+    assert container.default_layout(0, P) == (2048, 1)
+    assert container.default_layout(1024, P) == (2048, 1)
+    assert container.default_layout(1 << 16, P) == (2048, 32)  # small: 32 lanes
+    assert container.default_layout(150_000, P) == (8192, 19)
+    assert container.default_layout(769_000, P) == (16384, 47)  # one block below 2 MiB
+    assert container.default_layout(3 << 20, P) == (16384, 64)  # three blocks of 1 MiB
+    for n in (1, 5000, 1 << 20, 3 << 20, 1 << 30, 1 << 36):
+        seg, lanes = container.default_layout(n, P)
+        blocks = ceil_div(ceil_div(n, seg), lanes)
+        assert seg % P == 0 and 0 < seg <= container.MAX_SEGMENT
+        assert 0 < lanes <= container.MAX_LANES
+        assert blocks <= max(container.MAX_BLOCKS, ceil_div(n, seg * lanes))
