@@ -257,48 +257,46 @@ def decode_block(
     B = len(lengths)
     T = -(-max(1, max(lengths)) // P) * P
     dev = int_model.device
-    out = torch.zeros(B, T, dtype=torch.uint8, device=dev)  # one byte per decoded byte
-    lens = torch.tensor(lengths, dtype=torch.int64, device=dev)
+    out = np.zeros((B, T), np.uint8)  # the decoded bytes, on the host
     state = int_model.new_state(B)
     models = LaneModels(B, T, record) if adaptive else None
     with torch_threads(threads if dev.type == "cpu" else None), exact_float32_matmuls():
-        _decode_steps(int_model, dec, out, lens, state, models, progress)
-    host = out.cpu().numpy()
-    return [host[i, :n].tobytes() for i, n in enumerate(lengths)]
+        _decode_steps(int_model, dec, out, np.asarray(lengths, np.int64), state, models, progress)
+    return [out[i, :n].tobytes() for i, n in enumerate(lengths)]
 
 
 def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
-    """The lockstep decoding loop of decode_block: fills `out` (B, T) in place."""
+    """The lockstep decoding loop of decode_block: fills `out` (B, T) uint8 in place.
+    Bookkeeping (lengths, active lanes, the bytes) stays on the host: per step, one copy
+    of the counts from the device and one of the bytes to it (none on the CPU)."""
     P = int_model.config.patch_size
     B, T = out.shape
     dev = int_model.device
     with torch.no_grad():
         for k in range(T // P):
-            prev = (out[:, (k - 1) * P : k * P] if k else out[:, :P]).long()
+            prev = out[:, (k - 1) * P : k * P] if k else out[:, :P]
+            prev = torch.from_numpy(prev.astype(np.int64)).to(dev)
             ctx = int_model.global_context(state, prev.reshape(B, 1, P))[:, 0]  # (B, P, L)
             int_model.begin_patch(state)
             prev_byte = torch.full((B,), PAD_BYTE, dtype=torch.int64, device=dev)
             for j in range(P):
                 t = k * P + j
-                counts = int_model.local_step(state, prev_byte, ctx[:, j])
-                active = lens > t
-                n = int(active.sum())
-                if n == 0:
-                    break
+                act = lens > t
+                n = int(np.count_nonzero(act))
+                if n == 0:  # every lane is done
+                    return
+                counts = int_model.local_step(state, prev_byte, ctx[:, j]).cpu().numpy()
                 if models is not None:
-                    act = active.cpu().numpy()
-                    final = adaptive_stage.mix(models, counts.cpu().numpy(), act)
-                    probs = final[act].astype(np.float64)
-                else:
-                    probs = counts[active].to("cpu", torch.float64).numpy()
-                sym = dec.decode(FAMILY, probs)
-                byte = torch.from_numpy(sym.astype(np.uint8)).to(dev)
+                    counts = adaptive_stage.mix(models, counts, act)
+                probs = (counts if n == B else counts[act]).astype(np.float64)
+                sym = dec.decode(FAMILY, probs).astype(np.uint8)
                 if n == B:
-                    out[:, t] = byte
+                    out[:, t] = sym
                 else:
-                    out[active, t] = byte
-                prev_byte = out[:, t].long()
+                    out[act, t] = sym
+                column = np.ascontiguousarray(out[:, t])
+                prev_byte = torch.from_numpy(column.astype(np.int64)).to(dev)
                 if models is not None:
-                    adaptive_stage.update(models, out[:, t].cpu().numpy(), act)
+                    adaptive_stage.update(models, column, act)
                 if progress:
                     progress(n)
