@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,13 +75,17 @@ def inputs(corpora: Path, quick: bool, folder: Path) -> tuple[list[tuple[str, Pa
     return made, source
 
 
-def timed(cmd: list[str], env: dict) -> float:
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the command and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, env=env)
     dt = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.decode()[-500:]}")
-    return dt
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dt, cpu
 
 
 def codecs(megazip: list[str], extra: list[str]) -> dict:
@@ -117,11 +122,15 @@ def codecs(megazip: list[str], extra: list[str]) -> dict:
 def measure(name, fns, src: Path, work: Path, repeat: int, long_s: float, env) -> dict:
     enc, dec = fns
     packed, back = work / "packed", work / "back"
-    ct, dt = [], []
+    ct, dt, ccpu, dcpu = [], [], [], []
     for _ in range(repeat):
-        ct.append(timed(enc(src, packed), env))
+        wall, cpu = timed(enc(src, packed), env)
+        ct.append(wall)
+        ccpu.append(cpu)
         size = packed.stat().st_size
-        dt.append(timed(dec(packed, back), env))
+        wall, cpu = timed(dec(packed, back), env)
+        dt.append(wall)
+        dcpu.append(cpu)
         if back.read_bytes() != src.read_bytes():
             raise RuntimeError(f"{name}: round trip of {src} differs")
         if ct[-1] + dt[-1] > long_s:
@@ -130,6 +139,8 @@ def measure(name, fns, src: Path, work: Path, repeat: int, long_s: float, env) -
         "bytes": size,
         "compress_s": statistics.median(ct),
         "decompress_s": statistics.median(dt),
+        "compress_cpu_s": statistics.median(ccpu),
+        "decompress_cpu_s": statistics.median(dcpu),
         "runs": len(ct),
     }
 
@@ -146,26 +157,32 @@ def to_markdown(doc: dict) -> str:
         f"Machine: {doc['machine_line']}. Command: `{doc['command']}`. Text inputs: "
         f"{doc['text_source']}. Times are wall seconds, the median of up to {doc['repeat']} "
         "runs (runs: how many), interpreter start, imports and model loading included; "
-        "KB/s = 1000 bytes per second of input. Every round trip verified.",
+        "KB/s = 1000 bytes per second of input (wall). cpu: user + system seconds of the "
+        "command and its children, all cores together (less sensitive to a busy machine "
+        "than wall time). Every round trip verified.",
         "",
     ]
     head = "| input | bytes |"
     rule = "|---|---:|"
     for n in names:
-        head += f" {n} size | {n} comp s | {n} decomp s | {n} comp KB/s | {n} decomp KB/s |"
-        rule += "---:|---:|---:|---:|---:|"
+        head += (
+            f" {n} size | {n} comp s | {n} decomp s | {n} comp KB/s | {n} decomp KB/s |"
+            f" {n} comp cpu s | {n} decomp cpu s |"
+        )
+        rule += "---:|---:|---:|---:|---:|---:|---:|"
     lines += [head + " runs |", rule + "---:|"]
     for row in doc["rows"]:
         cells = f"| {row['input']} | {row['bytes']:,} |"
         for n in names:
             r = row.get(n)
             if r is None:
-                cells += " - | - | - | - | - |"
+                cells += " - | - | - | - | - | - | - |"
                 continue
             cells += (
                 f" {r['bytes']:,} | {r['compress_s']:.2f} | {r['decompress_s']:.2f} |"
                 f" {speed(row['bytes'], r['compress_s'])} |"
                 f" {speed(row['bytes'], r['decompress_s'])} |"
+                f" {r['compress_cpu_s']:.2f} | {r['decompress_cpu_s']:.2f} |"
             )
         lines.append(cells + f" {max(row[n]['runs'] for n in names if n in row)} |")
     return "\n".join(lines) + "\n"
@@ -186,6 +203,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--args", default="", help="extra arguments for megazip compress")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for speed.md/.json")
+    ap.add_argument(
+        "--no-warmup", action="store_true", help="skip `python -m megazip.warmup` before timing"
+    )
     ap.add_argument("--name", default="speed", help="file name stem of the results")
     a = ap.parse_args(argv)
 
@@ -207,6 +227,8 @@ def main(argv=None) -> int:
         "codecs": list(table),
         "rows": [],
     }
+    if not (a.no_warmup or a.megazip) and "megazip" in table:  # numba compiles once
+        subprocess.run([sys.executable, "-m", "megazip.warmup"], env=env, check=False)
     with tempfile.TemporaryDirectory(prefix="megazip-speed-") as tmp:
         tmp = Path(tmp)
         files, doc["text_source"] = inputs(Path(a.corpora), a.quick, tmp)

@@ -204,7 +204,7 @@ def megazip_codec(model: str, device: str, ideal: bool, first: bytes) -> tuple[C
     h = container.read_header(blob)
     codec = Codec(
         "megazip",
-        f"megazip: model {h.model_name}, {container.DEFAULT_LANES} lanes, device {device}",
+        f"megazip: model {h.model_name}, default layout, one thread, device {device}",
         compress,
         decompress,
         runs=1,
