@@ -31,6 +31,15 @@ from .intmodel import COUNT_BITS, PAD_BYTE, IntMegabyte, exact_float32_matmuls
 
 FAMILY = constriction.stream.model.Categorical(perfect=False)
 CHUNK_PATCHES = 64  # patches per teacher-forced chunk (any value gives the same tables)
+CHUNK_LANES = 64  # ... for up to this many lanes; more lanes, proportionally fewer patches,
+# so that a chunk's tables (lanes x positions x 256 int64) stay within today's bound
+
+
+def chunk_patches_for(lanes: int) -> int:
+    """The default patches per chunk for a block of `lanes` lanes."""
+    return max(1, CHUNK_PATCHES * CHUNK_LANES // max(lanes, CHUNK_LANES))
+
+
 DECODE_THREADS = 1  # torch threads while decode_block runs on the CPU (None: leave as is)
 
 
@@ -81,10 +90,11 @@ class BlockTables:
         int_model: IntMegabyte,
         segments: list[bytes],
         adaptive: bool = True,
-        chunk_patches: int = CHUNK_PATCHES,
+        chunk_patches: int | None = None,
         threads: int | None = None,
     ):
-        self.int_model, self.adaptive, self.chunk_patches = int_model, adaptive, chunk_patches
+        self.int_model, self.adaptive = int_model, adaptive
+        self.chunk_patches = chunk_patches or chunk_patches_for(len(segments))
         self.threads = threads
         self.lanes, self.lengths = lanes_tensor(segments, int_model.config.patch_size)
         self.record = adaptive_stage.choose_record(segments) if adaptive else 0
@@ -166,7 +176,7 @@ def code_lengths(
     int_model: IntMegabyte,
     segments: list[bytes],
     adaptive: bool = True,
-    chunk_patches: int = CHUNK_PATCHES,
+    chunk_patches: int | None = None,
 ) -> tuple[list[float], list[float]]:
     """(prior bits, final bits) of each segment coded as the lanes of one block: the ideal
     code length under the integer model alone and under the tables encode_block codes
@@ -181,7 +191,7 @@ def code_lengths(
 def encode_block(
     int_model: IntMegabyte,
     segments: list[bytes],
-    chunk_patches: int = CHUNK_PATCHES,
+    chunk_patches: int | None = None,
     progress: Callable[[int], None] | None = None,
     adaptive: bool = True,
     prior_bits: list[float] | None = None,

@@ -115,3 +115,15 @@ def test_default_layout_by_input_size():
         assert seg % P == 0 and 0 < seg <= container.MAX_SEGMENT
         assert 0 < lanes <= container.MAX_LANES
         assert blocks <= max(container.MAX_BLOCKS, ceil_div(n, seg * lanes))
+
+
+def test_many_lanes_code_in_smaller_chunks_with_the_same_stream(trained):
+    from megazip import coder
+
+    assert coder.chunk_patches_for(64) == coder.CHUNK_PATCHES
+    assert coder.chunk_patches_for(256) == coder.CHUNK_PATCHES // 4
+    lanes = [word_text(i, 40 + 7 * i) for i in range(130)]  # 130 lanes: 32-patch chunks
+    auto, bits = coder.encode_block(trained, lanes)
+    fixed, fixed_bits = coder.encode_block(trained, lanes, chunk_patches=coder.CHUNK_PATCHES)
+    assert auto == fixed
+    assert coder.decode_block(trained, auto, [len(x) for x in lanes]) == lanes
