@@ -325,6 +325,9 @@ def _model_identity(model) -> tuple[int, str, str | None]:
     if not isinstance(model, (str, os.PathLike)):  # an IntMegabyte
         return model.config.patch_size, "custom", model.content_hash()
     meta = checkpoint.read_meta(model)
+    if "patch_size" not in meta.get("config", {}):  # known only to the integer model's file
+        int_model, name = _int_model(model, "cpu")
+        return int_model.config.patch_size, name, int_model.content_hash()
     name = str(model).rstrip("/").split("/")[-1].removesuffix(".json")
     return meta["config"]["patch_size"], name, None
 
