@@ -37,7 +37,8 @@ threads = click.option(
     "--threads",
     type=click.IntRange(0, 1 << 10),
     default=0,
-    help="Worker processes for independent blocks (0: every core). The output is the same.",
+    help="Cores to use (0: all): worker processes for independent blocks, and the model a "
+    "chunk ahead while compressing. The output is the same for any N.",
 )
 quiet = click.option("-q", "--quiet", is_flag=True, help="Quiet: no progress bar, fewer messages.")
 verbose = click.option(
