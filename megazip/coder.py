@@ -31,16 +31,16 @@ from .intmodel import COUNT_BITS, PAD_BYTE, IntMegabyte, exact_float32_matmuls
 
 FAMILY = constriction.stream.model.Categorical(perfect=False)
 CHUNK_PATCHES = 64  # patches per teacher-forced chunk (any value gives the same tables)
-CHUNK_LANES = 64  # ... for up to this many lanes; more lanes, proportionally fewer patches,
-# so that a chunk's tables (lanes x positions x 256 int64) stay within today's bound
-
-
-def chunk_patches_for(lanes: int) -> int:
-    """The default patches per chunk for a block of `lanes` lanes."""
-    return max(1, CHUNK_PATCHES * CHUNK_LANES // max(lanes, CHUNK_LANES))
-
-
+CHUNK_POSITIONS = 2048  # ... but at most about this many positions (lanes x bytes) per
+# chunk: a chunk's tables and activations are lanes x positions x 256 integers, and with
+# many short lanes (the default layout) 64 patches of every lane would hold far more
+# memory than the few long lanes of 16 KiB segments did
 DECODE_THREADS = 1  # torch threads while decode_block runs on the CPU (None: leave as is)
+
+
+def chunk_patches_for(lanes: int, patch: int = 8) -> int:
+    """The default patches per chunk for a block of `lanes` lanes."""
+    return max(1, min(CHUNK_PATCHES, CHUNK_POSITIONS // (max(lanes, 1) * patch)))
 
 
 def lanes_tensor(segments: list[bytes], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +94,8 @@ class BlockTables:
         threads: int | None = None,
     ):
         self.int_model, self.adaptive = int_model, adaptive
-        self.chunk_patches = chunk_patches or chunk_patches_for(len(segments))
+        P = int_model.config.patch_size
+        self.chunk_patches = chunk_patches or chunk_patches_for(len(segments), P)
         self.threads = threads
         self.lanes, self.lengths = lanes_tensor(segments, int_model.config.patch_size)
         self.record = adaptive_stage.choose_record(segments) if adaptive else 0
@@ -128,15 +129,15 @@ class BlockTables:
 
 
 @contextlib.contextmanager
-def _ahead(items: Iterator, depth: int = 1):
-    """Within: an iterator over `items`, which a second thread computes up to `depth`
-    items ahead of the consumer (for a generator whose work releases the GIL: torch ops,
+def _ahead(items: Iterator):
+    """Within: an iterator over `items`, which a second thread computes one item ahead
+    of the consumer (for a generator whose work releases the GIL: torch ops,
     numba nogil kernels). Items and their order are unchanged; an error in the producer
     is raised in the consumer; leaving early stops the producer."""
     import queue
     import threading
 
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
     done = object()
 
@@ -146,6 +147,7 @@ def _ahead(items: Iterator, depth: int = 1):
                 if stop.is_set():
                     return
                 q.put((item, None))
+                q.join()  # until the consumer took it: at most two items alive
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             q.put((done, e))
             return
@@ -154,6 +156,7 @@ def _ahead(items: Iterator, depth: int = 1):
     def consume():
         while True:
             item, err = q.get()
+            q.task_done()
             if err is not None:
                 raise err
             if item is done:
@@ -169,6 +172,7 @@ def _ahead(items: Iterator, depth: int = 1):
         while worker.is_alive():  # unblock a producer waiting to put
             with contextlib.suppress(queue.Empty):
                 q.get(timeout=0.05)
+                q.task_done()
         worker.join()
 
 

@@ -120,9 +120,10 @@ def test_default_layout_by_input_size():
 def test_many_lanes_code_in_smaller_chunks_with_the_same_stream(trained):
     from megazip import coder
 
-    assert coder.chunk_patches_for(64) == coder.CHUNK_PATCHES
-    assert coder.chunk_patches_for(256) == coder.CHUNK_PATCHES // 4
-    lanes = [word_text(i, 40 + 7 * i) for i in range(130)]  # 130 lanes: 32-patch chunks
+    assert coder.chunk_patches_for(1) == coder.CHUNK_PATCHES
+    assert coder.chunk_patches_for(32) == coder.CHUNK_POSITIONS // (32 * 8)
+    assert coder.chunk_patches_for(1000) == 1
+    lanes = [word_text(i, 40 + 7 * i) for i in range(130)]  # 130 lanes: 1-patch chunks
     auto, bits = coder.encode_block(trained, lanes)
     fixed, fixed_bits = coder.encode_block(trained, lanes, chunk_patches=coder.CHUNK_PATCHES)
     assert auto == fixed
