@@ -48,17 +48,16 @@ MAX_SEGMENT = 1 << 26  # 64 MiB: largest segment a decoder accepts
 MAX_LANES = 1 << 14
 DEFAULT_LANES = 64  # with --lanes and no --segment-size: segments of n / lanes bytes
 # The default layout (default_layout): segments by input size (LAYOUT_SEGMENTS: up to
-# that many bytes of input, segments of this size; then LAYOUT_SEGMENT), at most
-# LAYOUT_LANES lanes per block (the decoder's caches grow with the lanes), and from two
-# BLOCK_BYTES of input on, the segments spread evenly over several blocks, which
-# --threads codes in parallel. Fewer lanes mean more lockstep decoding steps, each with a
-# fixed cost (a 64 KiB file in 16 KiB segments took 16,384 steps of 4 lanes); shorter
-# segments cost a little density, as every lane starts without context (measured on six
-# Canterbury files, 234 KB, against 16 KiB: +1.1 % at 4 KiB, +2.1 % at 2 KiB), so only
-# small inputs, whose bytes weigh little in any total, get the shortest.
+# that many bytes of input, segments of this size; then LAYOUT_SEGMENT), and from two
+# BLOCK_BYTES of input on (up to MAX_BLOCKS of them), the segments spread evenly over
+# several blocks, which --threads codes in parallel. Fewer lanes mean more lockstep
+# decoding steps, each with a fixed cost (a 64 KiB file in 16 KiB segments took 16,384
+# steps of 4 lanes); shorter segments cost a little density, as every lane starts
+# without context (measured on six Canterbury files, 234 KB, against 16 KiB: +1.1 % at
+# 4 KiB, +2.1 % at 2 KiB), so only small inputs, whose bytes weigh little in any total,
+# get the shortest.
 LAYOUT_SEGMENTS = ((1 << 16, 2048), (1 << 18, 8192))
 LAYOUT_SEGMENT = 16384
-LAYOUT_LANES = 256
 BLOCK_BYTES = 1 << 20
 MAX_BLOCKS = 16
 # With --lanes and no --segment-size, segments are at least MIN_SEGMENT bytes.
@@ -208,18 +207,17 @@ def default_segment_size(n: int, lanes: int, patch: int) -> int:
 
 def default_layout(n: int, patch: int) -> tuple[int, int]:
     """(segment size, lanes per block) for an input of n bytes: one block per whole
-    BLOCK_BYTES of input (at most MAX_BLOCKS; one for smaller inputs), its share of the
-    input in segments of the size LAYOUT_SEGMENTS gives for n, or in LAYOUT_LANES longer
-    ones when that is too many (segments are whole patches)."""
+    BLOCK_BYTES of input (one below 2 * BLOCK_BYTES), its share of the input in segments
+    of the size LAYOUT_SEGMENTS gives for n (whole patches). Beyond MAX_BLOCKS *
+    BLOCK_BYTES, the layout of before: DEFAULT_LANES segments in one block (so a huge
+    input has few segments, each with its own zstd frame and table entry)."""
+    if n > MAX_BLOCKS * BLOCK_BYTES:
+        return default_segment_size(n, DEFAULT_LANES, patch), DEFAULT_LANES
     seg = next((size for limit, size in LAYOUT_SEGMENTS if n <= limit), LAYOUT_SEGMENT)
     seg = -(-seg // patch) * patch
-    blocks = max(1, min(n // BLOCK_BYTES, MAX_BLOCKS))
-    per_block = -(-n // blocks)
-    if per_block > seg * LAYOUT_LANES:
-        longer = -(-per_block // LAYOUT_LANES)
-        seg = min(MAX_SEGMENT, -(-longer // patch) * patch)
+    blocks = max(1, n // BLOCK_BYTES)
     count = max(1, -(-n // seg))
-    return seg, min(MAX_LANES, -(-count // blocks))
+    return seg, -(-count // blocks)
 
 
 def default_threads() -> int:
@@ -337,6 +335,20 @@ def _classical(piece: bytes, zpiece: bytes) -> int:
     return ZSTD if len(zpiece) < len(piece) else STORED
 
 
+def encode_block(*args, **kwargs):
+    """coder.encode_block, imported on first use (torch, numba: only for model coding)."""
+    from . import coder
+
+    return coder.encode_block(*args, **kwargs)
+
+
+def decode_block(*args, **kwargs):
+    """coder.decode_block, imported on first use."""
+    from . import coder
+
+    return coder.decode_block(*args, **kwargs)
+
+
 def _code_block(int_model, pieces, zpieces, adaptive, progress, threads=None):
     """Code the segments `pieces` of one block: (indices of the model members in
     `pieces`, their stream, their bits under the final tables, their bits under the prior
@@ -348,8 +360,6 @@ def _code_block(int_model, pieces, zpieces, adaptive, progress, threads=None):
     re-coding without the segments that lost can change the members' costs: the block is
     re-coded, and the choice re-checked, until every member still wins (members only
     leave, so this ends; the same input always gives the same result)."""
-    from .coder import encode_block
-
     members, coded = list(range(len(pieces))), None
     while members:
         prior: list[float] = []
@@ -379,8 +389,6 @@ def _code_block_job(int_model, job, progress, threads=1):
 
 
 def _decode_block_job(int_model, job, progress, threads=1):
-    from .coder import decode_block
-
     stream, lengths, adaptive = job
     return decode_block(int_model, stream, lengths, progress, adaptive=adaptive)
 

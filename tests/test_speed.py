@@ -109,22 +109,10 @@ def test_default_layout_by_input_size():
     assert container.default_layout(150_000, P) == (8192, 19)
     assert container.default_layout(769_000, P) == (16384, 47)  # one block below 2 MiB
     assert container.default_layout(3 << 20, P) == (16384, 64)  # three blocks of 1 MiB
-    for n in (1, 5000, 1 << 20, 3 << 20, 1 << 30, 1 << 36):
+    assert container.default_layout(64 << 20, P) == (1 << 20, 64)  # huge: as before
+    for n in (1, 5000, 1 << 20, 3 << 20, 16 << 20, (16 << 20) + 1, 1 << 30, 1 << 36):
         seg, lanes = container.default_layout(n, P)
         blocks = ceil_div(ceil_div(n, seg), lanes)
         assert seg % P == 0 and 0 < seg <= container.MAX_SEGMENT
         assert 0 < lanes <= container.MAX_LANES
         assert blocks <= max(container.MAX_BLOCKS, ceil_div(n, seg * lanes))
-
-
-def test_many_lanes_code_in_smaller_chunks_with_the_same_stream(trained):
-    from megazip import coder
-
-    assert coder.chunk_patches_for(1) == coder.CHUNK_PATCHES
-    assert coder.chunk_patches_for(32) == coder.CHUNK_POSITIONS // (32 * 8)
-    assert coder.chunk_patches_for(1000) == 1
-    lanes = [word_text(i, 40 + 7 * i) for i in range(130)]  # 130 lanes: 1-patch chunks
-    auto, bits = coder.encode_block(trained, lanes)
-    fixed, fixed_bits = coder.encode_block(trained, lanes, chunk_patches=coder.CHUNK_PATCHES)
-    assert auto == fixed
-    assert coder.decode_block(trained, auto, [len(x) for x in lanes]) == lanes
