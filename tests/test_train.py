@@ -143,8 +143,8 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path):
     meta = json.loads((out / "config.json").read_text())
     assert meta["step"] == 4 and meta["world_size"] == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "int_model.safetensors",
         "config.json",
+        "int_model.safetensors",
         "model.safetensors",
         "train_state.pt",
     ]
