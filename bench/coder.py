@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, markdown  # noqa: E402
-
-import megazip  # noqa: E402
-from megazip import checkpoint, container  # noqa: E402
-from megazip.coder import decode_block, encode_block  # noqa: E402
+import megazip
+from megazip import checkpoint, container
+from megazip.benchmark import describe, markdown
+from megazip.coder import decode_block, encode_block
 
 ROOT = Path(__file__).resolve().parents[1]
 

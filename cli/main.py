@@ -1,7 +1,6 @@
-"""`megazip`: compress, decompress, evaluate and train, with zstd-like habits.
-
-Errors print one line on stderr (`megazip: error: ...`) and exit with status 1; no
-traceback reaches the user.
+"""`megazip`: the command definitions. Each command parses its options (shared ones from
+`options`), does its file handling through `fileio`, and calls the library; `errors` turns
+expected failures into one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -9,78 +8,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
 from megazip import __version__
 
-
-class UserError(click.ClickException):
-    """A failure caused by the input or the environment: one line, exit code 1."""
-
-    def show(self, file=None):
-        click.echo(f"megazip: error: {self.format_message()}", err=True)
-
-
-def _user_error(e: Exception) -> UserError | None:
-    """The one-line error for an expected failure (bad input, environment), else None."""
-    from megazip.checkpoint import ModelNotFound
-
-    if isinstance(e, UserError):
-        return e
-    if isinstance(e, MemoryError):
-        return UserError("out of memory")
-    if isinstance(e, (ModelNotFound, FileNotFoundError, IsADirectoryError, ValueError)):
-        return UserError(str(e))  # includes container.FormatError and ModelMismatch
-    if isinstance(e, OSError):
-        return UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-    if isinstance(e, RuntimeError):
-        return UserError(str(e).splitlines()[0])
-    return None
-
-
-class MegazipGroup(click.Group):
-    """Turns expected exceptions into one-line errors."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except KeyboardInterrupt:
-            click.echo("megazip: interrupted", err=True)
-            sys.exit(130)
-        except Exception as e:
-            err = _user_error(e)
-            if err is None:
-                raise
-            raise err from None
-
-
-def _each(jobs, work) -> None:
-    """work(*job) for every job, the first item of a job being its input file. As zstd
-    does with several files, a failure is reported in one line that names the file, and
-    the next job goes on; the exit code is 1 if any failed."""
-    failed = 0
-    for job in jobs:
-        try:
-            work(*job)
-        except Exception as e:
-            err = _user_error(e)
-            if err is None:
-                raise
-            name = job[0]
-            if name != "-" and name not in err.message:
-                err.message = f"{name}: {err.message}"
-            err.show()
-            failed += 1
-    if failed:
-        raise click.exceptions.Exit(1)
-
-    def list_commands(self, ctx):
-        return list(self.commands)  # keep the order of definition
+from . import fileio
+from . import options as opt
+from .errors import MegazipGroup, UserError, for_each_file
+from .options import options
 
 
 @click.group(cls=MegazipGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,136 +26,18 @@ def main():
     """Lossless compression with a MEGABYTE byte-level transformer."""
 
 
-SUFFIX = ".mgz"
-
-
-def _device(name: str) -> str:
-    from megazip.train import pick_device
-
-    return str(pick_device(name))
-
-
-def _progress(total: int, quiet: bool, label: str):
-    """A byte progress bar on stderr when it is a terminal; returns (callback, close)."""
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc=label,
-        file=sys.stderr,
-        leave=False,
-        disable=quiet or not sys.stderr.isatty(),
-    )
-    return bar.update, bar.close
-
-
-def _read_input(path: str) -> bytes:
-    if path == "-":
-        if sys.stdin.isatty():
-            raise UserError("refusing to read data from a terminal (give a file, or pipe)")
-        return sys.stdin.buffer.read()
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{path}: is a directory")
-    if not p.exists():
-        raise UserError(f"{path}: no such file")
-    return p.read_bytes()
-
-
-def _write_output(path: str | None, data: bytes, force: bool, like: str = "-") -> None:
-    """Write to stdout (path None) or atomically to `path`: a temporary file in the same
-    folder, renamed over the target only once it is complete. The file gets the
-    permissions of the input `like` (or 0666 less the umask for stdin), as gzip does."""
-    if path is None:
-        if sys.stdout.isatty() and data[:4] == b"\x89MGZ":
-            raise UserError("refusing to write compressed data to a terminal (use -o or -c |)")
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    target = Path(path)
-    if target.exists() and not force:
-        raise UserError(f"{path}: already exists (use -f to overwrite)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _mode_like(like))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _mode_like(path: str) -> int:
-    if path != "-" and Path(path).is_file():
-        return Path(path).stat().st_mode & 0o7777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _outputs(files, output, stdout, suffix_fn) -> list[str | None]:
-    """Output path per input (None = stdout), checked before any work is done."""
-    if output and len(files) > 1:
-        raise UserError("-o/--output takes a single input file")
-    outs = []
-    for f in files:
-        if stdout or f == "-" and not output:
-            outs.append(None)
-        elif output:
-            outs.append(output)
-        else:
-            outs.append(suffix_fn(f))
-    return outs
-
-
-def _check_target(f: str, o: str | None, force: bool) -> None:
-    """Fail before any work when the input is missing or the output exists."""
-    if f != "-" and not Path(f).exists():
-        raise UserError(f"{f}: no such file")
-    if o is not None and Path(o).exists() and not force:
-        raise UserError(f"{o}: already exists (use -f to overwrite)")
-
-
-def _summary(name: str, raw: int, packed: int, zstd_size: int) -> str:
-    bpb = 8 * packed / raw if raw else 0.0
-    zbpb = 8 * zstd_size / raw if raw else 0.0
-    return (
-        f"{name}: {raw:,} -> {packed:,} bytes, {bpb:.3f} bits/byte "
-        f"(zstd -19: {zstd_size:,} bytes, {zbpb:.3f} bits/byte)"
-    )
-
-
-codec_options = [
-    click.option("-o", "--output", help="Write to this file (one input only)."),
-    click.option("-c", "--stdout", "to_stdout", is_flag=True, help="Write to standard output."),
-    click.option("-f", "--force", is_flag=True, help="Overwrite existing output files."),
-    click.option("--rm", "remove", is_flag=True, help="Remove the input after verified success."),
-    click.option(
-        "-m", "--model", "model_name", default=None, help="Shipped model name or checkpoint folder."
-    ),
-    click.option(
-        "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-    ),
-    click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary."),
-    click.option("-v", "--verbose", is_flag=True, help="Also print per-segment methods."),
-]
-
-
-def with_options(options):
-    def wrap(fn):
-        for opt in reversed(options):
-            fn = opt(fn)
-        return fn
-
-    return wrap
-
-
 @main.command("compress")
 @click.argument("files", nargs=-1)
-@with_options(codec_options)
+@options(
+    opt.output,
+    opt.to_stdout,
+    opt.force,
+    opt.remove,
+    opt.model(),
+    opt.device,
+    opt.quiet,
+    opt.verbose,
+)
 @click.option(
     "--lanes",
     default=None,
@@ -239,15 +58,15 @@ def compress_cmd(
 
     from megazip import checkpoint, container
 
-    files = files or ("-",)
-    outs = _outputs(files, output, to_stdout, lambda f: f + SUFFIX)
+    files = files or (fileio.STDIO,)
+    outs = fileio.plan_outputs(files, output, to_stdout, fileio.compressed_name)
     model = model_name or checkpoint.DEFAULT_MODEL
-    dev = _device(device)
+    dev = opt.pick_device(device)
 
     def one(f, o):
-        _check_target(f, o, force)
-        data = _read_input(f)
-        update, close = _progress(len(data), quiet, Path(f).name)
+        fileio.check_target(f, o, force)
+        data = fileio.read_input(f)
+        update, close = fileio.progress(len(data), quiet, Path(f).name)
         stats: dict = {}
         try:
             blob = container.compress(
@@ -261,12 +80,18 @@ def compress_cmd(
             )
         finally:
             close()
-        if remove and f != "-" and container.decompress(blob, model, device=dev) != data:
+        if remove and f != fileio.STDIO and container.decompress(blob, model, device=dev) != data:
             raise UserError(f"{f}: verification failed; input kept")
-        _write_output(o, blob, force, like=f)
+        fileio.write_output(o, blob, force, like=f)
         if not quiet:
+            raw, packed = len(data), len(blob)
             z = len(zstandard.ZstdCompressor(level=container.ZSTD_LEVEL).compress(data))
-            click.echo(_summary(f if f != "-" else "stdin", len(data), len(blob), z), err=True)
+            bpb, zbpb = (8 * packed / raw, 8 * z / raw) if raw else (0.0, 0.0)
+            click.echo(
+                f"{f if f != fileio.STDIO else 'stdin'}: {raw:,} -> {packed:,} bytes, "
+                f"{bpb:.3f} bits/byte (zstd -19: {z:,} bytes, {zbpb:.3f} bits/byte)",
+                err=True,
+            )
             if verbose:
                 counts = {m: stats["methods"].count(m) for m in sorted(set(stats["methods"]))}
                 click.echo(
@@ -274,64 +99,61 @@ def compress_cmd(
                     f"bytes, coded {stats['model_bytes']:,} bytes",
                     err=True,
                 )
-        if remove and f != "-":
-            Path(f).unlink()
+        if remove:
+            fileio.remove_input(f)
 
-    _each(list(zip(files, outs, strict=True)), one)
-
-
-def _strip_suffix(f: str) -> str:
-    if not f.endswith(SUFFIX) or len(Path(f).name) == len(SUFFIX):
-        raise UserError(f"{f}: unknown suffix (expected {SUFFIX}); use -o or -c")
-    return f[: -len(SUFFIX)]
+    for_each_file(zip(files, outs, strict=True), one)
 
 
 @main.command("decompress")
 @click.argument("files", nargs=-1)
-@with_options(codec_options)
+@options(
+    opt.output,
+    opt.to_stdout,
+    opt.force,
+    opt.remove,
+    opt.model(in_file=True),
+    opt.device,
+    opt.quiet,
+    opt.verbose,
+)
 def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, quiet, verbose):
     """Decompress FILE.mgz to FILE (stdin to stdout with no file or '-')."""
     from megazip import container
 
-    files = files or ("-",)
-    outs = _outputs(files, output, to_stdout, _strip_suffix)
-    dev = _device(device)
+    files = files or (fileio.STDIO,)
+    outs = fileio.plan_outputs(files, output, to_stdout, fileio.decompressed_name)
+    dev = opt.pick_device(device)
 
     def one(f, o):
-        _check_target(f, o, force)
-        blob = _read_input(f)
-        update, close = _progress(container.read_header(blob).length, quiet, Path(f).name)
+        fileio.check_target(f, o, force)
+        blob = fileio.read_input(f)
+        update, close = fileio.progress(container.read_header(blob).length, quiet, Path(f).name)
         try:
             data = container.decompress(blob, model_name, device=dev, progress=update)
         finally:
             close()
-        _write_output(o, data, force, like=f)
+        fileio.write_output(o, data, force, like=f)
         if verbose:
             click.echo(f"{f}: {len(blob):,} -> {len(data):,} bytes", err=True)
-        if remove and f != "-":
-            Path(f).unlink()
+        if remove:
+            fileio.remove_input(f)
 
-    _each(list(zip(files, outs, strict=True)), one)
+    for_each_file(zip(files, outs, strict=True), one)
 
 
 @main.command("test")
 @click.argument("files", nargs=-1, required=True)
-@click.option(
-    "-m", "--model", "model_name", default=None, help="Shipped model name or checkpoint folder."
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option("-q", "--quiet", is_flag=True)
+@options(opt.model(in_file=True), opt.device, opt.quiet)
 def test_cmd(files, model_name, device, quiet):
     """Verify .mgz files: decompress in memory and check the checksum."""
     from megazip import container
 
-    dev = _device(device)
+    dev = opt.pick_device(device)
 
     def one(f):
-        blob = _read_input(f)
-        update, close = _progress(container.read_header(blob).length, quiet, Path(f).name)
+        blob = fileio.read_input(f)
+        update, close = fileio.progress(container.read_header(blob).length, quiet, Path(f).name)
         try:
             container.decompress(blob, model_name, device=dev, progress=update)
         finally:
@@ -339,7 +161,7 @@ def test_cmd(files, model_name, device, quiet):
         if not quiet:
             click.echo(f"{f}: OK")
 
-    _each([(f,) for f in files], one)
+    for_each_file([(f,) for f in files], one)
 
 
 @main.command("info")
@@ -348,8 +170,8 @@ def info_cmd(files):
     """Describe .mgz files: model, sizes, segments."""
     from megazip import container
 
-    for f in files:
-        blob = _read_input(f)
+    def one(f):
+        blob = fileio.read_input(f)
         h = container.read_header(blob)
         methods = [container.METHOD_NAMES[s.method] for s in h.segments]
         by = {m: methods.count(m) for m in container.METHOD_NAMES.values() if m in methods}
@@ -367,20 +189,12 @@ def info_cmd(files):
         click.echo(f"  lanes per block  {h.lanes} ({len(h.blocks)} model blocks)")
         click.echo(f"  sha256           {h.sha256.hex()}")
 
+    for_each_file([(f,) for f in files], one)
+
 
 @main.command("eval")
 @click.argument("paths", nargs=-1, required=True)
-@click.option(
-    "--model",
-    "-m",
-    "model_name",
-    default="tiny",
-    show_default=True,
-    help="Shipped model name or checkpoint folder.",
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@options(opt.model(), opt.device)
 @click.option(
     "--int",
     "use_int",
@@ -388,7 +202,7 @@ def info_cmd(files):
     help="Also score the integer coding model alone and with the adaptive stage.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@options(opt.quiet)
 def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     """Measure density: bits per byte of a model on files, per file and overall."""
     from tqdm import tqdm
@@ -397,7 +211,8 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     from megazip.data import list_files
     from megazip.evaluate import FileScore, evaluate, int_code_lengths
 
-    dev = _device(device)
+    model_name = model_name or checkpoint.DEFAULT_MODEL
+    dev = opt.pick_device(device)
     # a shipped model may carry only its integer coding model: then score that alone
     has_float = checkpoint.has_float_weights(model_name)
     model = checkpoint.load(model_name, dev)[0] if has_float else None
@@ -457,12 +272,7 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     help="Comma-separated: gzip-9,bzip2-9,xz-9e,zstd-3,zstd-19,zstd-22-long,brotli-11,"
     "zpaq-m5,7z-ppmd,megazip (default: all; those not installed are skipped).",
 )
-@click.option(
-    "-m", "--model", "model_name", default=None, help="Shipped model name or checkpoint folder."
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@options(opt.model(), opt.device)
 @click.option(
     "--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True
 )
@@ -475,7 +285,7 @@ def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
     help="Runs per file and codec (default: up to 3 within 1 s; megazip 1).",
 )
 @click.option("--ideal", is_flag=True, help="megazip: also score whole files (one more pass).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or messages.")
+@options(opt.quiet)
 def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ideal, quiet):
     """Compare megazip with classical codecs: size, bits/byte, speed, memory.
 
@@ -483,9 +293,9 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
     Ctrl-C the rows measured so far are still printed and saved (exit status 130)."""
     from tqdm import tqdm
 
-    from megazip import bench, checkpoint
+    from megazip import benchmark, checkpoint
 
-    names, unavailable = bench.parse_codecs(codecs)
+    names, unavailable = benchmark.parse_codecs(codecs)
     if plot:
         if not out_dir:
             raise UserError("--plot needs --out DIR")
@@ -496,7 +306,7 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
     if codecs and unavailable and not quiet:
         for n, why in unavailable.items():
             click.echo(f"megazip: skipping {n}: {why}", err=True)
-    files = bench.inputs(paths)
+    files = benchmark.inputs(paths)
     bar = tqdm(
         total=len(files) * len(names),
         unit="run",
@@ -505,11 +315,11 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
         disable=quiet or not sys.stderr.isatty(),
     )
     try:
-        doc = bench.run(
+        doc = benchmark.run(
             paths,
             names,
             model=model_name or checkpoint.DEFAULT_MODEL,
-            device=_device(device),
+            device=opt.pick_device(device),
             repeat=repeat,
             ideal=ideal,
             unavailable=unavailable,
@@ -518,12 +328,12 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
         )
     finally:
         bar.close()
-    name = bench.report_name(paths)
-    click.echo(bench.render(doc, fmt, name), nl=False)
+    name = benchmark.report_name(paths)
+    click.echo(benchmark.render(doc, fmt, name), nl=False)
     if out_dir:
-        written = bench.save(doc, out_dir, name, fmt)
+        written = benchmark.save(doc, out_dir, name, fmt)
         if plot and not doc["interrupted"]:
-            written += bench.plot(doc, out_dir, name)
+            written += benchmark.plot(doc, out_dir, name)
         if not quiet:
             click.echo(f"megazip: wrote {', '.join(map(str, written))}", err=True)
     if doc["interrupted"]:
@@ -547,9 +357,7 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
 @click.option("--eval-every", default=100, show_default=True)
 @click.option("--save-every", default=500, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
+@options(opt.device)
 @click.option("--threads", default=0, help="CPU threads for torch (default: all cores).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @click.option(
@@ -560,7 +368,7 @@ def bench_cmd(paths, codecs, model_name, device, fmt, out_dir, plot, repeat, ide
     default=0.0,
     help="Seconds of training: the schedule ends then, or at --steps if sooner (0: none).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@options(opt.quiet)
 @click.pass_context
 def train_cmd(ctx, recipe, **opts):
     """Train a MEGABYTE model on files (also under torchrun for several processes)."""

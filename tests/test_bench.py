@@ -1,4 +1,4 @@
-"""megazip bench (megazip/bench.py and `megazip bench`): every codec row present and
+"""megazip bench (megazip.benchmark and `megazip bench`): every codec row present and
 verified, sizes equal to what the codec libraries produce, megazip's row a real round
 trip, a stable JSON schema, md/csv that parse, plots, and partial results on Ctrl-C.
 
@@ -26,7 +26,8 @@ from conftest import megazip_cmd
 from megazip.cli.main import main as cli
 
 import megazip
-from megazip import bench, checkpoint
+from megazip import benchmark, checkpoint
+from megazip.evaluate import int_code_lengths
 from megazip.export import export, save_int_model
 from megazip.model import PRESETS, Megabyte
 
@@ -137,16 +138,16 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(corpus, model_dir):
-    names, unavailable = bench.parse_codecs(None)  # every known codec that is installed
-    return bench.run([corpus], names, model=str(model_dir), unavailable=unavailable)
+    names, unavailable = benchmark.parse_codecs(None)  # every known codec that is installed
+    return benchmark.run([corpus], names, model=str(model_dir), unavailable=unavailable)
 
 
 def test_every_codec_row_present_and_verified(report, corpus):
-    expected, unavailable = bench.parse_codecs(None)
+    expected, unavailable = benchmark.parse_codecs(None)
     assert set(CLASSICAL) | {"megazip"} <= set(expected)
     assert list(report["codecs"]) == expected
     assert set(report["unavailable"]) == set(unavailable)
-    assert set(expected) | set(unavailable) == set(bench.CODEC_NAMES)
+    assert set(expected) | set(unavailable) == set(benchmark.CODEC_NAMES)
     assert [f["path"] for f in report["files"]] == ["salad.txt", "table.bin"]
     for f in report["files"]:
         assert f["bytes"] == (corpus / f["path"]).stat().st_size
@@ -156,7 +157,7 @@ def test_every_codec_row_present_and_verified(report, corpus):
             assert row["bits_per_byte"] == pytest.approx(8 * row["bytes"] / f["bytes"])
             assert row["ratio"] == pytest.approx(f["bytes"] / row["bytes"])
             assert row["compress_MBps"] > 0 and row["decompress_MBps"] > 0
-            assert 1 <= row["runs"] <= bench.MAX_RUNS
+            assert 1 <= row["runs"] <= benchmark.MAX_RUNS
     assert all(r["runs"] == 1 for r in (f["codecs"]["megazip"] for f in report["files"]))
     assert report["interrupted"] is False
 
@@ -211,7 +212,7 @@ def test_megazip_row_is_a_real_round_trip(report, corpus, model_dir):
 
 
 def test_json_schema_is_stable(report):
-    doc = json.loads(bench.to_json(report))  # strict JSON: no NaN
+    doc = json.loads(benchmark.to_json(report))  # strict JSON: no NaN
     json.dumps(doc, allow_nan=False)
     assert set(doc) == TOP_KEYS
     assert doc["schema"] == 1
@@ -235,7 +236,7 @@ def test_totals_add_up(report):
 
 
 def test_markdown_and_csv_parse(report):
-    md = bench.to_markdown(report, "megazip bench: corpus")
+    md = benchmark.to_markdown(report, "megazip bench: corpus")
     tables = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert len({ln.count("|") for ln in tables if "codec |" in ln}) == 1
     overview = md.split("## Bits per byte")[1].split("\n## ")[0]
@@ -249,7 +250,7 @@ def test_markdown_and_csv_parse(report):
     for name in report["codecs"]:
         assert any(ln.startswith(f"| {name} | ") for ln in tables)
 
-    rows = list(csv.DictReader(io.StringIO(bench.to_csv(report))))
+    rows = list(csv.DictReader(io.StringIO(benchmark.to_csv(report))))
     assert len(rows) == 3 * len(report["codecs"])  # two files and the total
     assert {r["file"] for r in rows} == {"salad.txt", "table.bin", "TOTAL"}
     for r in rows:
@@ -267,16 +268,16 @@ def test_interrupt_keeps_the_rows_measured(corpus):
         if len(seen) == 2:  # both codecs of the first file done
             raise KeyboardInterrupt
 
-    doc = bench.run([corpus], ["gzip-9", "xz-9e"], on_result=stop_after_first_file)
+    doc = benchmark.run([corpus], ["gzip-9", "xz-9e"], on_result=stop_after_first_file)
     assert doc["interrupted"] is True
     assert [f["path"] for f in doc["files"]] == ["salad.txt"]
     assert set(doc["files"][0]["codecs"]) == {"gzip-9", "xz-9e"}
     assert doc["total"]["files"] == 1 and doc["total"]["bytes"] == 2000
-    assert "Interrupted" in bench.to_markdown(doc)
+    assert "Interrupted" in benchmark.to_markdown(doc)
 
 
 def test_cli_interrupt_writes_partial_json_and_exits_130(corpus, tmp_path, monkeypatch):
-    real_run = bench.run
+    real_run = benchmark.run
 
     def interrupted_run(paths, codecs, **kw):
         def stop(path, codec, row):
@@ -285,7 +286,7 @@ def test_cli_interrupt_writes_partial_json_and_exits_130(corpus, tmp_path, monke
 
         return real_run(paths, codecs, **{**kw, "on_result": stop})
 
-    monkeypatch.setattr(bench, "run", interrupted_run)
+    monkeypatch.setattr(benchmark, "run", interrupted_run)
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli, ["bench", str(corpus), "--codecs", "gzip-9", "--device", "cpu", "--out", str(out)]
@@ -294,6 +295,18 @@ def test_cli_interrupt_writes_partial_json_and_exits_130(corpus, tmp_path, monke
     doc = json.loads((out / f"{corpus.name}.json").read_text())
     assert doc["interrupted"] is True and len(doc["files"]) == 1
     assert "Interrupted" in (out / f"{corpus.name}.md").read_text()
+
+
+def test_ideal_scores_the_whole_file_under_the_integer_model(model_dir, tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(word_text(5, 600))
+    doc = benchmark.run([path], ["megazip"], model=str(model_dir), ideal=True)
+    row = doc["files"][0]["codecs"]["megazip"]
+    prior, _ = int_code_lengths(checkpoint.load_int_model(str(model_dir)), path.read_bytes())
+    assert row["ideal_bits"] == pytest.approx(prior)  # the integer model alone, one lane
+    assert doc["total"]["codecs"]["megazip"]["ideal_bits"] == row["ideal_bits"]
+    assert 0 < row["ideal_bits"] < 8 * 600  # the model has learned the word salad
+    assert "whole file, one lane: ideal" in benchmark.to_markdown(doc)
 
 
 def test_cli_json_and_plots(model_dir, tmp_path):

@@ -222,6 +222,12 @@ def runs(models, compressed, tmp_path_factory):
         r = megazip("decompress", "-m", A, good[0], bad, good[1])
         return r, listing(d), [(d / n).read_bytes() for n in ("a", "c")]
 
+    def info_several():  # as with decompress and test: a bad file is named, the rest go on
+        d = folder("info_several")
+        files = [put(d, "a.mgz", blob), put(d, "b.mgz", BAD_FILES["wrong-magic"](blob))]
+        files += [d / "missing.mgz", put(d, "c.mgz", blob)]
+        return megazip("info", *files), files
+
     jobs = {
         "help": lambda: megazip("--help"),
         "test": lambda: megazip("test", "-m", A, compressed[0] / "sample.txt.mgz"),
@@ -237,6 +243,7 @@ def runs(models, compressed, tmp_path_factory):
         "directory": directory,
         "suffix": suffix,
         "several": several,
+        "info_several": info_several,
         **{f"bad:{k}": bad(k) for k in BAD_FILES},
     }
     return concurrently(jobs)
@@ -253,6 +260,36 @@ def test_help_lists_every_command_with_a_description(runs):
     for cmd in ("compress", "decompress", "test", "info", "eval", "train", "models"):
         assert cmd in described, f"{cmd} missing from --help"
         assert len(described[cmd]) > 10, f"{cmd} has no description"
+
+
+def test_help_lists_commands_in_definition_order(runs):
+    """Bug: list_commands sat inside a helper function instead of the group class, so
+    --help listed the commands alphabetically."""
+    section = result(runs, "help").stdout.decode().split("Commands:", 1)[1]
+    names = re.findall(r"^  (\w[\w-]*)\s{2,}", section, re.M)
+    want = ["compress", "decompress", "test", "info", "eval", "bench", "train", "export"]
+    assert names == [*want, "models"], names
+
+
+def test_shared_options_mean_the_same_in_every_command():
+    """--device, -m/--model and -q/--quiet are declared once: every command that takes
+    one takes the same flags, default and choices."""
+    from megazip.cli.main import main
+
+    def shape(p):  # a flag's default is False however click spells it
+        default = None if p.is_flag else p.default
+        return tuple(p.opts), default, getattr(p.type, "choices", None), p.is_flag
+
+    seen: dict[str, set] = {"device": set(), "model_name": set(), "quiet": set()}
+    for cmd in main.commands.values():
+        for p in cmd.params:
+            if p.name in seen:
+                seen[p.name].add(shape(p))
+    assert seen["device"] == {(("--device",), "auto", ("auto", "cpu", "cuda"), False)}
+    assert seen["model_name"] == {(("-m", "--model"), None, None, False)}
+    assert seen["quiet"] == {(("-q", "--quiet"), None, None, True)}
+    users = [n for n, c in main.commands.items() if any(p.name == "device" for p in c.params)]
+    assert users == ["compress", "decompress", "test", "eval", "bench", "train"]
 
 
 # ------------------------------------------------------------------------- good paths
@@ -395,6 +432,23 @@ def test_a_bad_file_among_several_fails_alone(runs):
     assert "b.mgz" in err or "checksum" in err
     assert files == ["a", "a.mgz", "b.mgz", "c", "c.mgz"], "the good files were not all done"
     assert restored == [SAMPLE, SAMPLE]
+
+
+def test_info_goes_on_past_a_bad_file(runs):
+    """Bug: info stopped at the first bad file; like test and decompress it names each
+    bad file in one error line, describes the good ones, and exits 1 at the end."""
+    r, (a, b, missing, c) = result(runs, "info_several")
+    assert r.returncode == 1, r.stderr.decode()
+    err = r.stderr.decode()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"megazip: error: {b}: ") and "magic" in lines[0], lines
+    assert lines[1].startswith("megazip: error: ") and str(missing) in lines[1], lines
+    out = r.stdout.decode().splitlines()
+    described = [line[:-1] for line in out if not line.startswith(" ")]
+    assert described == [str(a), str(c)], out
+    assert len(re.findall(r"original size\s+3,000 bytes", r.stdout.decode())) == 2
 
 
 def test_decompress_refuses_a_name_without_the_suffix(runs):

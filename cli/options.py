@@ -1,0 +1,67 @@
+"""The options that several commands share, each declared once here, so that `--device`
+or `-m/--model` means the same (and has the same default) in every command that takes
+it. Apply them with `@options(...)`, in the order they should appear in `--help`."""
+
+from __future__ import annotations
+
+import click
+
+DEVICES = ("auto", "cpu", "cuda")
+
+device = click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Where the model runs (auto: CUDA when available).",
+)
+
+
+def model(in_file: bool = False):
+    """-m/--model NAME|PATH: a shipped model's name or a checkpoint folder. Its value is
+    None when not given: the command then uses the default model, or, with in_file
+    (decompress, test), the model named in the file."""
+    default = "the model named in the file" if in_file else "the default model, see megazip models"
+    return click.option(
+        "-m",
+        "--model",
+        "model_name",
+        default=None,
+        metavar="NAME|PATH",
+        help=f"Shipped model name or checkpoint folder (default: {default}).",
+    )
+
+
+quiet = click.option("-q", "--quiet", is_flag=True, help="Quiet: no progress bar, fewer messages.")
+verbose = click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also print details: segment methods (compress), sizes (decompress).",
+)
+output = click.option("-o", "--output", help="Write to this file (one input only).")
+to_stdout = click.option(
+    "-c", "--stdout", "to_stdout", is_flag=True, help="Write to standard output."
+)
+force = click.option("-f", "--force", is_flag=True, help="Overwrite existing output files.")
+remove = click.option(
+    "--rm", "remove", is_flag=True, help="Remove the input after verified success."
+)
+
+
+def options(*opts):
+    """A decorator applying click options so that they appear in --help in this order."""
+
+    def wrap(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return wrap
+
+
+def pick_device(name: str) -> str:
+    """The torch device string for a --device choice (auto: cuda if available)."""
+    from megazip.train import pick_device
+
+    return str(pick_device(name))
