@@ -408,6 +408,7 @@ def _totals(rows: list[DocResult], columns: list[str]) -> dict:
 def report(results: list[DocResult], model: str, settings: dict | None = None) -> dict:
     """The JSON-able report: settings, per document, per kind and total. Totals are sums
     in document order, so they do not depend on how the work was split."""
+    results = sorted(results, key=lambda r: r.index)
     columns = [c for c in ("float", "int", "adaptive") if results and c in results[0].bits]
     by_kind: dict[str, list[DocResult]] = {}
     for r in results:

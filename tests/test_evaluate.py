@@ -222,3 +222,105 @@ def test_report_totals_kinds_and_formats(model):
     assert [r["scope"] for r in rows] == ["document"] * 3 + ["kind", "kind", "total"]
     assert float(rows[-1]["float_bits"]) == sum(bits)
     assert "lanes: 2" in format_table(report(results, "test", {"lanes": 2}))
+
+
+def test_integer_columns_are_int_code_lengths(model):
+    from megazip.evaluate import int_code_lengths
+    from megazip.export import export
+
+    int_model = export(model, torch.randint(0, 256, (2, 64), generator=torch.Generator()))
+    docs = [Document.from_bytes("a", text_bytes(1, 300)), Document.from_bytes("b", b"")]
+    for float_model in (model, None):
+        results = score_documents(enumerate(docs), float_model, int_model, batch=2)
+        for r, d in zip(results, docs, strict=True):
+            prior, final = int_code_lengths(int_model, d.read()) if d.size else (0.0, 0.0)
+            assert (r.bits["int"], r.bits["adaptive"]) == (prior, final)
+            assert ("float" in r.bits) == (float_model is not None)
+
+
+# ------------------------------------------------------------------ the eval command
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, model):
+    from megazip import checkpoint
+
+    root = tmp_path_factory.mktemp("eval")
+    checkpoint.save(root / "ck", model)
+    data = root / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"f{i}.txt").write_bytes(text_bytes(i, 400 * i + 9))
+    (data / "g.bin").write_bytes(rand_bytes(9, 1300))
+    write_jsonl(data / "r.jsonl", [{"text": "hello " * i, "src": "ab"[i % 2]} for i in range(5)])
+    return root
+
+
+def eval_json(args: list[str], torchrun: int = 0) -> dict:
+    import subprocess
+    import sys
+
+    from conftest import megazip_cmd
+
+    if torchrun:
+        run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd = [*run, f"--nproc_per_node={torchrun}", "-m", "megazip", "eval", *args]
+    else:
+        cmd = megazip_cmd("eval", *args)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def test_eval_under_torchrun_gloo_equals_single_process(dataset):
+    args = [str(dataset / "data"), "-m", str(dataset / "ck"), "--json", "--group-by", "src"]
+    single = eval_json(args)
+    assert single["total"]["documents"] == 9
+    assert sorted(single["kinds"]) == [".bin", ".txt", "a", "b"]
+    assert eval_json(args, torchrun=2) == single  # every number, totals included
+
+
+def test_eval_formats_lanes_and_plot(dataset, tmp_path):
+    import subprocess
+
+    from conftest import megazip_cmd
+
+    base = [str(dataset / "data"), "-m", str(dataset / "ck")]
+    one = eval_json([*base, "--json"])
+    assert one["lanes"] == 1
+    plot = tmp_path / "h.png"
+    r = subprocess.run(
+        megazip_cmd("eval", *base, "--lanes", "2", "--summary", "--plot", str(plot)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("note: lanes: 2") and lines[-1].startswith("total")
+    assert len(lines) == 2 + 3 + 1  # note, header, kinds .bin .txt r.jsonl, total
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = subprocess.run(
+        megazip_cmd("eval", *base, "--csv", "--lanes", "2", "--batch", "3"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [r["scope"] for r in rows].count("document") == 9
+    assert int(rows[-1]["bytes"]) == one["total"]["bytes"]
+    assert float(rows[-1]["float_bits"]) != one["total"]["float"]["bits"]  # less context
+
+
+def test_eval_bad_jsonl_line_is_one_line_error(dataset, tmp_path):
+    import subprocess
+
+    from conftest import megazip_cmd
+
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    r = subprocess.run(
+        megazip_cmd("eval", str(tmp_path / "bad.jsonl"), "-m", str(dataset / "ck")),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and "bad.jsonl:2: not a JSON line" in r.stderr
