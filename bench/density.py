@@ -140,6 +140,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default=None, help="comma-separated (default: per device)")
     ap.add_argument("--batch", type=int, default=None, help="default: 16 (CPU), 256 (CUDA)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--note", default="", help="a paragraph added to the results")
     args = ap.parse_args(argv)
 
     device = args.device
@@ -168,6 +169,7 @@ def main(argv=None) -> dict:
         "memory": memory,
         "load_average": {"before": load_before, "after": os.getloadavg()},
         "gpu": torch.cuda.get_device_name() if cuda else None,
+        "note": args.note,
         "machine": describe(device),
     }
     md = to_markdown(result)
@@ -216,8 +218,11 @@ def to_markdown(r: dict) -> str:
         f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.1f}' for x in la['before'])}; "
         f"after: {', '.join(f'{x:.1f}' for x in la['after'])}.",
         "",
-        f"GPU: {r['gpu'] or 'none used'}.",
+        f"GPU: {r['gpu']}."
+        if r["gpu"]
+        else "GPU: none available to this run, so no CUDA figure was measured.",
         "",
+        *([r["note"], ""] if r.get("note") else []),
         f"Machine: {markdown(r['machine'])}",
         "",
     ]

@@ -309,6 +309,8 @@ def eval_cmd(
         distributed.close(world)
     if not world.is_main:
         return
+    if not gathered:
+        raise UserError("no documents found in " + ", ".join(paths))
     doc = report(gathered, model_name, {"lanes": lanes, "dtype": dtype})
     if plot:
         plot_histogram(doc, plot)
