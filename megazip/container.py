@@ -21,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import zstandard
 
 from . import checkpoint
@@ -215,27 +217,9 @@ def compress(
     model_bits = prior_total = 0.0
     for b0 in range(0, len(pieces), lanes):
         idx = list(range(b0, min(b0 + lanes, len(pieces))))
-        prior: list[float] = []
-        stream, bits = encode_block(
-            int_model,
-            [pieces[i] for i in idx],
-            progress=progress,
-            adaptive=adaptive,
-            prior_bits=prior,
+        members, stream, bits, prior = _code_block(
+            int_model, pieces, zpieces, idx, adaptive, progress
         )
-        model_cost = {i: b / 8 + STREAM_OVERHEAD for i, b in zip(idx, bits, strict=True)}
-        chosen = {}
-        for i in idx:
-            costs = {MODEL: model_cost[i], ZSTD: len(zpieces[i]), STORED: len(pieces[i])}
-            chosen[i] = min(costs, key=lambda m: (costs[m], m))
-        members = [i for i in idx if chosen[i] == MODEL]
-        if members and len(members) < len(idx):  # re-code the block without the others
-            prior = []
-            stream, bits = encode_block(
-                int_model, [pieces[i] for i in members], adaptive=adaptive, prior_bits=prior
-            )
-        elif members:
-            bits = [model_cost[i] * 8 - STREAM_OVERHEAD * 8 for i in members]
         if members and len(stream) >= 1 << 32:
             raise ValueError("a block's stream exceeds 4 GiB: use fewer lanes or segments")
         if members:
@@ -244,8 +228,9 @@ def compress(
             model_bits += sum(bits)
             prior_total += sum(prior)
         for i in idx:
-            payload = {MODEL: b"", ZSTD: zpieces[i], STORED: pieces[i]}[chosen[i]]
-            segments.append(Segment(chosen[i], len(pieces[i]), len(payload)))
+            method = MODEL if i in members else _classical(pieces[i], zpieces[i])
+            payload = {MODEL: b"", ZSTD: zpieces[i], STORED: pieces[i]}[method]
+            segments.append(Segment(method, len(pieces[i]), len(payload)))
             payloads.append(payload)
     header = Header(
         name,
@@ -280,6 +265,42 @@ def compress(
             header_bytes=hdr.size,
         )
     return blob
+
+
+def _classical(piece: bytes, zpiece: bytes) -> int:
+    """STORED or ZSTD, whichever is smaller (STORED on a tie)."""
+    return ZSTD if len(zpiece) < len(piece) else STORED
+
+
+def _code_block(int_model, pieces, zpieces, idx, adaptive, progress):
+    """Code the segments `idx` of one block: (model members, their stream, their bits
+    under the final tables, their bits under the prior alone).
+
+    A segment is a member if its model cost (bits / 8 + STREAM_OVERHEAD bytes, under the
+    stream actually written) is below both its zstd and stored sizes (ties go to zstd or
+    storing). The adaptive stage's record length depends on all of a block's lanes, so
+    re-coding without the segments that lost can change the members' costs: the block is
+    re-coded, and the choice re-checked, until every member still wins (members only
+    leave, so this ends; the same input always gives the same result)."""
+    members, coded = list(idx), None
+    while members:
+        prior: list[float] = []
+        stream, bits = encode_block(
+            int_model,
+            [pieces[i] for i in members],
+            progress=progress if coded is None else None,
+            adaptive=adaptive,
+            prior_bits=prior,
+        )
+        coded = members
+        members = [
+            i
+            for i, b in zip(coded, bits, strict=True)
+            if b / 8 + STREAM_OVERHEAD < min(len(zpieces[i]), len(pieces[i]))
+        ]
+        if members == coded:
+            return members, stream, bits, prior
+    return [], b"", [], []
 
 
 def decompress(
@@ -351,16 +372,31 @@ def _unzstd(payload: bytes, length: int) -> bytes:
     return data
 
 
-_INT_MODELS: dict[tuple[str, str], IntMegabyte] = {}
+MODEL_CACHE_SIZE = 4  # loaded integer models kept (by file and device), least recent out
+_INT_MODELS: OrderedDict[tuple[str, int, str], IntMegabyte] = OrderedDict()
+
+
+def clear_model_cache() -> None:
+    """Forget the integer models compress()/decompress() loaded by name or path (each
+    holds its weights in memory; a later call loads them again)."""
+    _INT_MODELS.clear()
 
 
 def _int_model(model: str | IntMegabyte, device: str) -> tuple[IntMegabyte, str]:
-    """(integer model on `device`, name for the header); loaded models are cached."""
+    """(integer model on `device`, name for the header). An IntMegabyte given is used as
+    it is (its kernels too) when on `device`, else a moved copy: the caller's object is
+    never changed. Models loaded by name or path are cached (at most MODEL_CACHE_SIZE,
+    keyed by file, modification time and device; clear_model_cache() empties it)."""
     if isinstance(model, IntMegabyte):
-        return model.to(device), "custom"
+        on_device = model.device == torch.device(device)
+        return (model if on_device else model.to(device)), "custom"
     path = checkpoint.int_model_path(model)
-    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, device)
-    if key not in _INT_MODELS:
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, str(device))
+    if key in _INT_MODELS:
+        _INT_MODELS.move_to_end(key)
+    else:
         _INT_MODELS[key] = checkpoint.load_int_model(model).to(device)
+        while len(_INT_MODELS) > MODEL_CACHE_SIZE:
+            _INT_MODELS.popitem(last=False)
     name = str(model).rstrip("/").split("/")[-1]
     return _INT_MODELS[key], name.removesuffix(".json")

@@ -6,12 +6,15 @@ import gzip
 import io
 import json
 import random
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import megazip_cmd
 
 from megazip.datasets import Document, iter_documents
 from megazip.evaluate import (
@@ -257,10 +260,6 @@ def dataset(tmp_path_factory, model):
 
 
 def eval_json(args: list[str], torchrun: int = 0) -> dict:
-    import subprocess
-    import sys
-
-    from conftest import megazip_cmd
 
     if torchrun:
         run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -272,6 +271,7 @@ def eval_json(args: list[str], torchrun: int = 0) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_eval_under_torchrun_gloo_equals_single_process(dataset):
     args = [str(dataset / "data"), "-m", str(dataset / "ck"), "--json", "--group-by", "src"]
     single = eval_json(args)
@@ -280,10 +280,8 @@ def test_eval_under_torchrun_gloo_equals_single_process(dataset):
     assert eval_json(args, torchrun=2) == single  # every number, totals included
 
 
+@pytest.mark.slow
 def test_eval_formats_lanes_and_plot(dataset, tmp_path):
-    import subprocess
-
-    from conftest import megazip_cmd
 
     base = [str(dataset / "data"), "-m", str(dataset / "ck")]
     one = eval_json([*base, "--json"])
@@ -312,9 +310,6 @@ def test_eval_formats_lanes_and_plot(dataset, tmp_path):
 
 
 def test_eval_bad_jsonl_line_is_one_line_error(dataset, tmp_path):
-    import subprocess
-
-    from conftest import megazip_cmd
 
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     r = subprocess.run(
