@@ -201,67 +201,125 @@ def info_cmd(files):
     is_flag=True,
     help="Also score the integer coding model alone and with the adaptive stage.",
 )
+@click.option(
+    "--field",
+    default="text",
+    show_default=True,
+    help="The field (.jsonl) or column (Parquet) that holds each document.",
+)
+@click.option(
+    "--group-by",
+    metavar="FIELD",
+    help="Total .jsonl/Parquet records per value of this field (default: per file; "
+    "files and tar members are totalled per extension).",
+)
+@click.option("--raw", is_flag=True, help="Score .jsonl, .tar and .parquet files as plain bytes.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 1 << 14),
+    default=None,
+    help="Documents scored together as lanes of one batch (default: 16, 256 on CUDA).",
+)
+@click.option(
+    "--lanes",
+    type=click.IntRange(1, 1 << 14),
+    default=1,
+    show_default=True,
+    help="Split each document into this many segments scored as independent streams "
+    "(less context, so more bits; stated in the output).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Arithmetic of the float model.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@click.option("--summary", is_flag=True, help="Table: per-kind and total rows only.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Write a histogram of bits/byte per document to this file (.png, .svg, .pdf).",
+)
 @options(opt.quiet)
-def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
-    """Measure density: bits per byte of a model on files, per file and overall."""
-    from tqdm import tqdm
-
-    from megazip import checkpoint
-    from megazip.data import list_files
-    from megazip.evaluate import FileScore, evaluate, int_code_lengths
-
-    model_name = model_name or checkpoint.DEFAULT_MODEL
-    dev = opt.pick_device(device)
-    # a shipped model may carry only its integer coding model: then score that alone
-    has_float = checkpoint.has_float_weights(model_name)
-    model = checkpoint.load(model_name, dev)[0] if has_float else None
-    use_int = use_int or not has_float
-    int_model = checkpoint.load_int_model(model_name).to(dev) if use_int else None
-    files = list_files(paths)
-    hidden = quiet or not sys.stderr.isatty()
-    bar = tqdm(
-        total=len(files) * (has_float + use_int), unit="file", disable=hidden, file=sys.stderr
+def eval_cmd(
+    paths,
+    model_name,
+    device,
+    use_int,
+    field,
+    group_by,
+    raw,
+    batch,
+    lanes,
+    dtype,
+    as_json,
+    as_csv,
+    summary,
+    plot,
+    quiet,
+):
+    """Measure density: bits per byte of a model on files and datasets (folders, .jsonl,
+    .tar, Parquet), per document, per kind and overall. Under torchrun
+    (torchrun --nproc_per_node=N -m megazip eval ...) the documents are split across the
+    processes and the totals are those of a single process."""
+    from megazip import checkpoint, distributed
+    from megazip.datasets import iter_documents
+    from megazip.evaluate import (
+        format_csv,
+        format_table,
+        plot_histogram,
+        report,
+        score_documents,
     )
-    columns = {}
-    if model is not None:
-        columns["float"] = evaluate(model, files, dev, on_file=lambda s: bar.update(1))
-    if int_model is not None:
-        pairs: list[tuple[float, float]] = []  # (integer model, + adaptive stage) per file
 
-        def score(data):
-            pairs.append(int_code_lengths(int_model, data))
-            return pairs[-1][0]
-
-        scores, total = evaluate(score, files, on_file=lambda s: bar.update(1))
-        columns["int"] = (scores, total)
-        adaptive = [FileScore(s.path, s.bytes, p[1]) for s, p in zip(scores, pairs, strict=True)]
-        columns["adaptive"] = (adaptive, FileScore("total", total.bytes, sum(p[1] for p in pairs)))
-    bar.close()
-    names = list(columns)
-    if as_json:
-
-        def row(scores):
-            return {
-                n: {"bits": s.bits, "bits_per_byte": s.bits_per_byte}
-                for n, s in zip(names, scores, strict=True)
-            }
-
-        per_file = zip(*(columns[n][0] for n in names), strict=True)
-        doc = {
-            "model": model_name,
-            "files": [{"path": s[0].path, "bytes": s[0].bytes, **row(s)} for s in per_file],
-            "total": {"bytes": columns[names[0]][1].bytes, **row([columns[n][1] for n in names])},
-        }
-        click.echo(json.dumps(doc, indent=2))
+    if as_json and as_csv:
+        raise UserError("--json and --csv exclude each other")
+    model_name = model_name or checkpoint.DEFAULT_MODEL
+    world = distributed.join(opt.pick_device(device))
+    try:
+        dev = world.device(opt.pick_device(device))
+        cuda = dev.startswith("cuda")
+        # a shipped model may carry only its integer coding model: then score that alone
+        has_float = checkpoint.has_float_weights(model_name)
+        model = checkpoint.load(model_name, dev)[0] if has_float else None
+        use_int = use_int or not has_float
+        int_model = checkpoint.load_int_model(model_name).to(dev) if use_int else None
+        docs = distributed.shard(iter_documents(paths, field, group_by, raw), world)
+        label = f"rank 0 of {world.size}" if world.size > 1 else "eval"
+        update, close = fileio.progress(None, quiet or not world.is_main, label)
+        try:
+            results = score_documents(
+                docs,
+                model,
+                int_model,
+                dev,
+                batch=batch or (256 if cuda else 16),
+                lanes=lanes,
+                dtype=None if dtype == "float32" else dtype,
+                bucket=16 if cuda else 1,  # pad final chunks on CUDA (float is inexact there)
+                on_bytes=update,
+            )
+        finally:
+            close()
+        gathered = distributed.gather(results, world)
+    finally:
+        distributed.close(world)
+    if not world.is_main:
         return
-    rows = list(zip(*(columns[n][0] + [columns[n][1]] for n in names), strict=True))
-    width = max([len(r[0].path) for r in rows] + [5])
-    head = "".join(f"  {'bits/byte (' + n + ')':>17}" for n in names)
-    click.echo(f"{'file':<{width}}  {'bytes':>10}{head}")
-    for r in rows:
-        cells = "".join(f"  {s.bits_per_byte:>17.3f}" for s in r)
-        click.echo(f"{r[0].path:<{width}}  {r[0].bytes:>10,}{cells}")
+    if not gathered:
+        raise UserError("no documents found in " + ", ".join(paths))
+    doc = report(gathered, model_name, {"lanes": lanes, "dtype": dtype})
+    if plot:
+        plot_histogram(doc, plot)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    elif as_csv:
+        click.echo(format_csv(doc), nl=False)
+    else:
+        click.echo(format_table(doc, documents=not summary))
 
 
 @main.command("bench")
