@@ -12,7 +12,7 @@ def compress(data: bytes, model=None, **options) -> bytes:
     """Compress bytes to a .mgz blob (see megazip.container.compress for options)."""
     from . import container
 
-    return container.compress(data, model or container.checkpoint.DEFAULT_MODEL, **options)
+    return container.compress(data, model, **options)
 
 
 def decompress(blob: bytes, model=None, **options) -> bytes:
