@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench corpus clean
+.PHONY: demo test test-fast lint bench corpus clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q
+
+# the same without the tests marked slow
+test-fast: $(STAMP) lint
+	$(VENV)/bin/pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(PY) -m megazip.demo

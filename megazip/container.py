@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -516,7 +517,6 @@ class _Writer:
 
     def _modelled(self, data: bytes, index: int, crc: int, flags: int):
         from .adaptive import ADAPTIVE_VERSION
-        from .coder import encode_block
 
         int_model = self._load()
         adaptive, lanes, st = self.adaptive, self.lanes, self.stats
@@ -529,40 +529,18 @@ class _Writer:
         model_bits = prior_total = 0.0
         for b0 in range(0, len(pieces), lanes):
             idx = list(range(b0, min(b0 + lanes, len(pieces))))
-            prior: list[float] = []
-            stream, bits = encode_block(
-                int_model,
-                [pieces[i] for i in idx],
-                progress=self.progress,
-                adaptive=adaptive,
-                prior_bits=prior,
+            members, stream, bits, prior = _code_block(
+                int_model, pieces, zpieces, idx, adaptive, self.progress
             )
-            model_cost = {i: b / 8 + STREAM_OVERHEAD for i, b in zip(idx, bits, strict=True)}
-            choice = {}
-            for i in idx:
-                costs = {MODEL: model_cost[i], ZSTD: len(zpieces[i]), STORED: len(pieces[i])}
-                choice[i] = min(costs, key=lambda m: (costs[m], m))
-            members = [i for i in idx if choice[i] == MODEL]
-            if members and len(members) < len(idx):  # re-code the block without the others
-                prior = []
-                stream, bits = encode_block(
-                    int_model, [pieces[i] for i in members], adaptive=adaptive, prior_bits=prior
-                )
-            elif members:
-                bits = [model_cost[i] * 8 - STREAM_OVERHEAD * 8 for i in members]
             lane_bytes = sum(len(pieces[i]) for i in members)
-            within = lane_bytes <= len(stream) * MAX_RATIO and len(stream) <= lane_bytes
-            if members and not within:
-                # outside what a reader accepts (FORMAT.md, "Limits"): not model-coded
-                for i in members:
-                    choice[i] = ZSTD if len(zpieces[i]) < len(pieces[i]) else STORED
-                members = []
+            if not lane_bytes <= len(stream) * MAX_RATIO or len(stream) > lane_bytes:
+                members = []  # outside what a reader accepts (FORMAT.md, "Limits")
             if members:
                 blocks.append(len(stream))
                 streams.append(stream)
                 model_bits += sum(bits)
                 prior_total += sum(prior)
-            chosen += [choice[i] for i in idx]
+            chosen += [MODEL if i in members else _classical(pieces[i], zpieces[i]) for i in idx]
         payloads = [
             {MODEL: b"", ZSTD: zpieces[i], STORED: pieces[i]}[m] for i, m in enumerate(chosen)
         ]
@@ -583,6 +561,44 @@ class _Writer:
             fr.model_hash = bytes.fromhex(int_model.content_hash())
             fr.lanes = lanes
         return fr, payloads, streams
+
+
+def _classical(piece: bytes, zpiece: bytes) -> int:
+    """STORED or ZSTD, whichever is smaller (STORED on a tie)."""
+    return ZSTD if len(zpiece) < len(piece) else STORED
+
+
+def _code_block(int_model, pieces, zpieces, idx, adaptive, progress):
+    """Code the segments `idx` of one block: (model members, their stream, their bits
+    under the final tables, their bits under the prior alone).
+
+    A segment is a member if its model cost (bits / 8 + STREAM_OVERHEAD bytes, under the
+    stream actually written) is below both its zstd and stored sizes (ties go to zstd or
+    storing). The adaptive stage's record length depends on all of a block's lanes, so
+    re-coding without the segments that lost can change the members' costs: the block is
+    re-coded, and the choice re-checked, until every member still wins (members only
+    leave, so this ends; the same input always gives the same result)."""
+    from .coder import encode_block
+
+    members, coded = list(idx), None
+    while members:
+        prior: list[float] = []
+        stream, bits = encode_block(
+            int_model,
+            [pieces[i] for i in members],
+            progress=progress if coded is None else None,
+            adaptive=adaptive,
+            prior_bits=prior,
+        )
+        coded = members
+        members = [
+            i
+            for i, b in zip(coded, bits, strict=True)
+            if b / 8 + STREAM_OVERHEAD < min(len(zpieces[i]), len(pieces[i]))
+        ]
+        if members == coded:
+            return members, stream, bits, prior
+    return [], b"", [], []
 
 
 # -------------------------------------------------------------------------------- read
@@ -689,23 +705,38 @@ def _unzstd(payload: bytes, length: int) -> bytes:
     return data
 
 
-_INT_MODELS: dict = {}
+MODEL_CACHE_SIZE = 4  # loaded integer models kept (by file and device), least recent out
+_INT_MODELS: OrderedDict = OrderedDict()
+
+
+def clear_model_cache() -> None:
+    """Forget the integer models compress()/decompress() loaded by name or path (each
+    holds its weights in memory; a later call loads them again)."""
+    _INT_MODELS.clear()
 
 
 def _int_model(model, device: str):
-    """(integer model on `device`, name for the header); loaded models are cached."""
+    """(integer model on `device`, name for the header). An IntMegabyte given is used as
+    it is (its kernels too) when on `device`, else a moved copy: the caller's object is
+    never changed. Models loaded by name or path are cached (at most MODEL_CACHE_SIZE,
+    keyed by file, modification time and device; clear_model_cache() empties it)."""
+    import torch
+
     from . import checkpoint
     from .intmodel import IntMegabyte
 
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(model, IntMegabyte):
-        return model.to(device), "custom"
+        on_device = model.device == torch.device(device)
+        return (model if on_device else model.to(device)), "custom"
     path = checkpoint.int_model_path(model)
-    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, device)
-    if key not in _INT_MODELS:
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, str(device))
+    if key in _INT_MODELS:
+        _INT_MODELS.move_to_end(key)
+    else:
         _INT_MODELS[key] = checkpoint.load_int_model(model).to(device)
+        while len(_INT_MODELS) > MODEL_CACHE_SIZE:
+            _INT_MODELS.popitem(last=False)
     name = str(model).rstrip("/").split("/")[-1]
     return _INT_MODELS[key], name.removesuffix(".json")

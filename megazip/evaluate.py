@@ -77,31 +77,20 @@ def evaluate(
     return scores, total
 
 
-@torch.no_grad()
 def int_code_lengths(int_model, data: bytes) -> tuple[float, float]:
     """(bits under the integer model alone, bits after the adaptive stage) for `data` as
-    one lane, i.e. as the coder would code a single segment holding all of it."""
-    from .adaptive import LaneModels, mix_chunk
-    from .coder import code_bits, lanes_tensor
+    one segment: exactly the encoder's code length (container.compress's model_bits and
+    prior_bits) for `data` coded as one segment (segment size >= len(data)), the block's
+    record length included (megazip.coder.code_lengths)."""
+    from .coder import code_lengths
 
     if not data:
         return 0.0, 0.0
-    lanes, _ = lanes_tensor([data], int_model.config.patch_size)
-    models = LaneModels(1, lanes.shape[1])
-    prior = final = 0.0
-    for start, counts in int_model.count_tables(lanes, chunk_patches=256):
-        n = min(counts.shape[1], len(data) - start)
-        if n <= 0:
-            break
-        counts, sym = counts[:, :n].cpu(), lanes[:, start : start + n]
-        prior += code_bits(counts, sym).sum().item()
-        active = torch.ones_like(sym, dtype=torch.bool).numpy()
-        mixed = torch.from_numpy(mix_chunk(models, counts.numpy(), sym.numpy(), active))
-        final += code_bits(mixed, sym).sum().item()
-    return prior, final
+    prior, final = code_lengths(int_model, [bytes(data)])
+    return prior[0], final[0]
 
 
 def int_bits(int_model, data: bytes, adaptive: bool = False) -> float:
-    """Ideal code length of `data` in bits under the integer coding model (one lane),
-    after the adaptive stage if `adaptive`."""
+    """Ideal code length of `data` in bits under the integer coding model (one segment),
+    after the adaptive stage if `adaptive` (see int_code_lengths)."""
     return int_code_lengths(int_model, data)[1 if adaptive else 0]

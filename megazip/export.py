@@ -211,12 +211,11 @@ class _Exporter:
 @torch.no_grad()
 def export(model: Megabyte, calibration: torch.Tensor) -> IntMegabyte:
     """The integer coding model of `model`, calibrated on `calibration` (N, T) bytes. The
-    calibration runs on the model's device; the integer model is built on the CPU."""
-    model = model.float()
+    calibration runs on the model's device, in float32; the integer model is built on
+    the CPU. `model` itself is not changed (the work is done on a copy)."""
+    model = copy.deepcopy(model).float()
     ranges = {k: v.cpu() for k, v in calibrate(model, calibration).items()}
-    if next(model.parameters()).device.type != "cpu":
-        model = copy.deepcopy(model).cpu()
-    return _Exporter(model, ranges).run()
+    return _Exporter(model.cpu(), ranges).run()
 
 
 # ---------------------------------------------------------------------------- storage

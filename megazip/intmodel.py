@@ -22,6 +22,8 @@ Shapes: B lanes, K patches, P patch size, D width, H heads, hd head width, S key
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import os
@@ -40,18 +42,60 @@ OUT_UNIT = 64  # output logits in 1/64 nat
 OUT_EXP_BITS = 30
 
 
-def exact_float32_matmuls() -> None:
-    """Make float32 GEMMs full precision (no TF32 or bf16 shortcuts), which the integer
-    model's exactness needs. Called whenever an IntMegabyte is placed on a device."""
-    if torch.get_float32_matmul_precision() != "highest":
-        torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
+class _ExactFloat32:
+    """The context of exact_float32_matmuls (re-entrant: only the outermost entry reads,
+    sets and restores the settings, so nested entries cost next to nothing)."""
+
+    backends = (torch.backends.mkldnn.matmul, torch.backends.cuda.matmul)
+    depth = 0
+    saved: list[str] = []
+
+    def __enter__(self):
+        if not _ExactFloat32.depth:
+            _ExactFloat32.saved = [b.fp32_precision for b in self.backends]
+            for b, p in zip(self.backends, _ExactFloat32.saved, strict=True):
+                if p != "ieee":
+                    b.fp32_precision = "ieee"
+        _ExactFloat32.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        _ExactFloat32.depth -= 1
+        if not _ExactFloat32.depth:
+            for b, p in zip(self.backends, _ExactFloat32.saved, strict=True):
+                if p != "ieee":
+                    b.fp32_precision = p
+        return False
+
+
+_EXACT = _ExactFloat32()
+
+
+def exact_float32_matmuls() -> _ExactFloat32:
+    """A context in which float32 GEMMs run in full IEEE precision on the CPU (oneDNN) and
+    on CUDA (no TF32 or bf16 shortcuts), which the integer model's exactness needs; the
+    caller's settings are restored on exit (these settings are the process's). The
+    IntMegabyte methods that run GEMMs enter it themselves; a caller making many calls
+    (a decoding loop) may enter it once around them."""
+    return _EXACT
+
+
+def _exact(fn):
+    """Decorator: run `fn` inside exact_float32_matmuls()."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with _EXACT:
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def int_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Exact x @ w for integer-valued x (..., K), |x| <= 127, and w (K, N) float32 holding
     integers, |w| <= 127. Returns float32 (K <= GEMM_BLOCK: every partial sum < 2^24) or
-    float64 (sums of such blocks, exact below 2^53)."""
+    float64 (sums of such blocks, exact below 2^53). Exact at torch's default precision
+    or inside exact_float32_matmuls()."""
     xf = x.to(torch.float32)
     K = xf.shape[-1]
     if K <= GEMM_BLOCK:
@@ -187,7 +231,6 @@ class IntMegabyte:
         self.device = torch.device("cpu")
         self.kernels = kernels_for(self.device)
         self._hash: str | None = None
-        exact_float32_matmuls()
         self._build()
 
     # -- construction from the flat tensor dict
@@ -244,14 +287,17 @@ class IntMegabyte:
 
     def to(self, device, kernels=None) -> IntMegabyte:
         """This model on `device` (tables identical on every device). `kernels` picks a
-        backend (megazip.kernels.TorchKernels or NumbaKernels); default: the fastest."""
+        backend (megazip.kernels.TorchKernels or NumbaKernels); default: the fastest.
+        Returns self when already there, else a new IntMegabyte sharing the canonical
+        tensors: this object is never changed (as torch.Tensor.to)."""
         device = torch.device(device)
         kernels = kernels or kernels_for(device)
-        exact_float32_matmuls()
-        if device != self.device or kernels is not self.kernels:
-            self.device, self.kernels = device, kernels
-            self._build()
-        return self
+        if device == self.device and kernels is self.kernels:
+            return self
+        moved = copy.copy(self)
+        moved.device, moved.kernels = device, kernels
+        moved._build()
+        return moved
 
     # -- identity
     def content_hash(self) -> str:
@@ -312,6 +358,7 @@ class IntMegabyte:
     def new_state(self, batch: int) -> LaneState:
         return LaneState([IntKVCache(self.config.window - 1) for _ in self.global_blocks])
 
+    @_exact
     def global_context(self, state: LaneState, prev_patches: torch.Tensor) -> torch.Tensor:
         """Advance the global model by K patches. prev_patches (B, K, P) are the patches
         *before* the K patches to predict; at the start of a lane (state.patches_done == 0)
@@ -340,6 +387,7 @@ class IntMegabyte:
         acc = self.head(h)
         return self.kernels.counts(acc, self.head.mult, self.head.shift, self.out_exp, COUNT_TOTAL)
 
+    @_exact
     def local_counts(self, patches: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Whole patches at once. patches (B, K, P) bytes, context (B, K, P, L) from
         global_context. Returns counts (B, K, P, 256) int64."""
@@ -355,6 +403,7 @@ class IntMegabyte:
         """Reset the local caches before the first byte of a patch (byte-by-byte mode)."""
         state.local_caches = [IntKVCache(self.config.patch_size) for _ in self.local_blocks]
 
+    @_exact
     def local_step(self, state: LaneState, prev_byte: torch.Tensor, context: torch.Tensor):
         """One byte for every lane. prev_byte (B,) the previous byte of this patch (PAD_BYTE
         at its start), context (B, L) this byte's slot of global_context. Returns counts

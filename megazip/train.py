@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .data import ByteWindows, list_files, read_bytes, split_files
 from .export import export, save_int_model
-from .model import PRESETS, Megabyte, MegabyteConfig
+from .model import PRESETS, Megabyte
 
 LN2 = math.log(2)
 STATE_FILE = "train_state.pt"
@@ -179,7 +179,10 @@ def _load_splits(cfg: TrainConfig, seq_len: int) -> tuple[ByteWindows, ByteWindo
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) into cfg.out; every checkpoint also gets its integer coding
     model (int_model.safetensors). Returns a summary dict: step, train_bpb, valid_bpb,
-    wall_s, world_size."""
+    wall_s, world_size. An unknown preset (cfg.model not in PRESETS) raises ValueError
+    before anything is set up or written."""
+    if cfg.model not in PRESETS:  # before any set-up: nothing to undo
+        raise ValueError(f"unknown model preset: {cfg.model} (known: {', '.join(PRESETS)})")
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = 0, 1
     device = pick_device(cfg.device)
@@ -200,7 +203,7 @@ def train(cfg: TrainConfig) -> dict:
         model.train()
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and run
-        model = Megabyte(PRESETS[cfg.model] if cfg.model in PRESETS else _config(cfg.model))
+        model = Megabyte(PRESETS[cfg.model])
         model.to(device)
     mcfg = model.config
     seq_len = cfg.seq_len or mcfg.context_bytes
@@ -343,10 +346,6 @@ def train(cfg: TrainConfig) -> dict:
         "wall_s": wall,
         "world_size": world,
     }
-
-
-def _config(name: str) -> MegabyteConfig:
-    raise ValueError(f"unknown model preset: {name} (known: {', '.join(PRESETS)})")
 
 
 def export_checkpoint(folder: str | Path) -> Path:

@@ -19,6 +19,16 @@ def megazip_cmd(*args: str) -> list[str]:
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (restored after it): on a 2-core machine shared with
+    other work, two threads contend badly. Tests that need two set it themselves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import word_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -202,8 +203,6 @@ def trained():
 
 @pytest.mark.parametrize("lanes", [1, 3])
 def test_round_trip_through_the_container(trained, lanes):
-    from test_intmodel import word_text
-
     from megazip import container
 
     data = word_text(7, 2500) + bytes(range(256)) + word_text(8, 700) * 2
@@ -228,8 +227,6 @@ def test_older_adaptive_versions_are_refused_with_a_clear_error(trained, version
 def test_a_file_coded_on_cuda_is_the_file_coded_on_the_cpu(trained):
     """With the model on CUDA (the adaptive stage always runs on the host), the .mgz is
     the same bytes as on the CPU, and each decodes the other's."""
-    from test_intmodel import word_text
-
     from megazip import container
 
     data = word_text(9, 3000) + bytes(range(256)) * 4 + word_text(10, 900)

@@ -15,7 +15,6 @@ import gzip
 import io
 import json
 import lzma
-import random
 import subprocess
 
 import pytest
@@ -23,6 +22,7 @@ import torch
 import zstandard
 from click.testing import CliRunner
 from conftest import megazip_cmd
+from helpers import word_text
 from megazip.cli.main import main as cli
 
 import megazip
@@ -68,38 +68,6 @@ TOP_KEYS = {
     "files",
     "total",
 }
-
-
-def word_text(seed: int, n: int) -> bytes:
-    """Word salad from 20 words: a tiny model learns it in seconds; zstd gains little."""
-    rng = random.Random(seed)
-    words = [
-        "the",
-        "of",
-        "and",
-        "to",
-        "in",
-        "is",
-        "that",
-        "for",
-        "it",
-        "as",
-        "with",
-        "was",
-        "on",
-        "be",
-        "by",
-        "this",
-        "are",
-        "from",
-        "at",
-        "or",
-    ]
-    out, size = [], 0
-    while size < n:
-        out.append(rng.choice(words) + rng.choice([" ", " ", " ", ", ", ". "]))
-        size += len(out[-1])
-    return "".join(out).encode()[:n]
 
 
 @pytest.fixture(scope="module")

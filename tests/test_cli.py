@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import megazip_cmd
-from test_intmodel import word_text
+from helpers import word_text
 
 from megazip import checkpoint, container
 

@@ -11,9 +11,9 @@ is exercised end to end.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import struct
 import zlib
+from pathlib import Path
 
 import constriction
 import numpy as np
@@ -21,33 +21,23 @@ import pytest
 import torch
 import zstandard
 from conftest import ROOT
+from helpers import random_int_model, trained_pair, word_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_intmodel import random_int_model, trained_pair, word_text
 
-from megazip import checkpoint, container
-from megazip.coder import decode_block, encode_block
+from megazip import adaptive, checkpoint, container
+from megazip.coder import code_lengths, decode_block, encode_block
 from megazip.container import MAGIC, MAX_LANES, MAX_SEGMENT, FormatError, ModelMismatch
+from megazip.evaluate import int_code_lengths
 from megazip.intmodel import COUNT_TOTAL
+from megazip.kernels import TorchKernels
 
 STORED, ZSTD, MODEL = 0, 1, 2
-KNOWN_FLAGS = getattr(container, "KNOWN_FLAGS", 0)
-# model streams without the adaptive stage, where compress() can leave it out: their
-# tables are the integer model's alone, which documented_stream() re-derives
-PLAIN = (
-    {"adaptive": False} if "adaptive" in inspect.signature(container.compress).parameters else {}
-)
-PLAIN_BLOCK = (
-    {"adaptive": False} if "adaptive" in inspect.signature(encode_block).parameters else {}
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+KNOWN_FLAGS = container.KNOWN_FLAGS
+# model streams without the adaptive stage: their tables are the integer model's alone,
+# which documented_stream() re-derives
+PLAIN = {"adaptive": False}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +271,113 @@ def test_code_length_is_within_half_a_percent_of_ideal(trained, options):
     assert container.decompress(blob, trained) == data
 
 
+def record_text(n: int) -> bytes:
+    """Fixed-width records (37 bytes of word salad, a numbered field): 44 bytes each."""
+    return b"".join(word_text(40 + i, 37) + b"|%04d|\n" % (i * 7 % 10000) for i in range(n))
+
+
+@pytest.mark.parametrize("kind", ["records", "text"])
+def test_eval_code_length_is_the_encoders_for_one_segment(trained, kind):
+    """int_code_lengths (megazip eval --int) and the encoder take one code path: for a
+    file coded as one segment they agree to the last bit, the record length the encoder
+    chooses and signals included."""
+    data = record_text(60) if kind == "records" else word_text(5, 3000)
+    if kind == "records":
+        assert adaptive.choose_record([data]) == 44
+    stats: dict = {}
+    blob = container.compress(data, trained, segment_size=len(data), stats=stats)
+    assert stats["methods"] == ["model"]
+    assert int_code_lengths(trained, data) == (stats["prior_bits"], stats["model_bits"])
+    assert code_lengths(trained, [data]) == ([stats["prior_bits"]], [stats["model_bits"]])
+    assert container.decompress(blob, trained) == data
+
+
+def test_every_model_segment_beats_its_alternatives_in_the_stream_written(trained):
+    """A block is re-coded without its zstd/stored segments; the adaptive stage's record
+    length depends on all of a block's lanes, so the choice is checked again under the
+    stream actually written: every model segment costs less than zstd and storing there,
+    and model_bits is the code length of those streams."""
+    rng = np.random.default_rng(5)
+    record = rng.integers(0, 256, 50, dtype=np.uint8).tobytes()
+    data = b"".join(
+        [
+            record_text(7)[:300],
+            random_bytes(300, 6),
+            record * 6,
+            word_text(16, 300),
+            record_text(14)[300:600],
+            bytes(300),
+            random_bytes(300, 7),
+            word_text(17, 300),
+        ]
+    )
+    stats: dict = {}
+    blob = container.compress(data, trained, segment_size=300, lanes=4, stats=stats)
+    assert container.compress(data, trained, segment_size=300, lanes=4) == blob
+    h = container.read_header(blob)
+    pieces = [data[i : i + 300] for i in range(0, len(data), 300)]
+    assert "model" in stats["methods"] and set(stats["methods"]) != {"model"}
+    total = 0.0
+    for members in h.block_members():
+        _, bits = code_lengths(trained, [pieces[i] for i in members])
+        for i, b in zip(members, bits, strict=True):
+            alternative = min(len(zstd19(pieces[i])), len(pieces[i]))
+            assert b / 8 + container.STREAM_OVERHEAD < alternative, (i, b / 8, alternative)
+        total += sum(bits)
+    assert stats["model_bits"] == total
+    assert container.decompress(blob, trained) == data
+
+
+def test_compress_leaves_the_callers_model_alone(rand):
+    on_torch = rand.to("cpu", kernels=TorchKernels)
+    data = word_text(18, 2000)
+    blob = container.compress(data, on_torch, segment_size=500)
+    assert on_torch.kernels is TorchKernels
+    assert container.compress(data, rand, segment_size=500) == blob
+    assert container.decompress(blob, on_torch) == data
+    assert on_torch.kernels is TorchKernels
+
+
+def test_the_model_cache_is_bounded_and_can_be_cleared(rand, tmp_path):
+    from megazip.export import save_int_model
+
+    container.clear_model_cache()
+    paths = []
+    for i in range(container.MODEL_CACHE_SIZE + 2):
+        (tmp_path / f"m{i}.json").write_text("{}")
+        save_int_model(rand, tmp_path / f"m{i}.int_model.safetensors")
+        paths.append(str(tmp_path / f"m{i}.json"))
+    for p in paths:
+        blob = container.compress(b"abc" * 10, p)
+        assert container.read_header(blob).model_name == Path(p).stem
+        assert 0 < len(container._INT_MODELS) <= container.MODEL_CACHE_SIZE
+    container.clear_model_cache()
+    assert not container._INT_MODELS
+
+
+def test_decoding_restores_the_callers_thread_count(trained):
+    lanes = [word_text(19, 200), word_text(20, 150)]
+    stream, _ = encode_block(trained, lanes)
+    before = torch.get_num_threads()
+    seen = []
+
+    def fail(n):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt
+
+    try:
+        torch.set_num_threads(2)
+        assert decode_block(trained, stream, [200, 150]) == lanes
+        assert torch.get_num_threads() == 2
+        with pytest.raises(KeyboardInterrupt):
+            decode_block(trained, stream, [200, 150], progress=fail)
+        assert seen == [1] and torch.get_num_threads() == 2
+        assert decode_block(trained, stream, [200, 150], threads=None, progress=seen.append)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 def test_one_megabyte_of_zeros(rand):
     data = bytes(1 << 20)
@@ -356,14 +453,14 @@ def test_round_trip_any_bytes(rand, data, segment_size, lanes):
 )
 def test_range_coder_round_trips_any_lanes(trained, lanes):
     lengths = [len(x) for x in lanes]
-    stream, bits = encode_block(trained, lanes, **PLAIN_BLOCK)
+    stream, bits = encode_block(trained, lanes, **PLAIN)
     assert len(stream) % 4 == 0 and len(bits) == len(lanes)
     assert stream == documented_stream(trained, lanes)
-    assert decode_block(trained, stream, lengths, **PLAIN_BLOCK) == lanes
-    if PLAIN_BLOCK:  # and with the adaptive stage
-        stream, bits = encode_block(trained, lanes)
-        assert len(stream) % 4 == 0 and all(b >= 0 for b in bits)
-        assert decode_block(trained, stream, lengths) == lanes
+    assert decode_block(trained, stream, lengths, **PLAIN) == lanes
+    # and with the adaptive stage
+    stream, bits = encode_block(trained, lanes)
+    assert len(stream) % 4 == 0 and all(b >= 0 for b in bits)
+    assert decode_block(trained, stream, lengths) == lanes
 
 
 def test_ideal_code_lengths_are_finite_for_any_lane_lengths(rand, trained):

@@ -6,32 +6,39 @@ any chunking vs byte by byte, one lane vs a batch of many, 1 vs 2 threads, every
 kernel backend, a save/load round trip, and (with a GPU) CPU vs CUDA; on random weights
 and inputs drawn by hypothesis, worst-case bytes and saturated int8 weights included.
 
-The helpers at the top (random_int_model, trained_pair, word_text, KINDS) are shared with
-tests/test_container.py.
+The shared models and inputs (random_int_model, trained_pair, word_text, KINDS) live in
+tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import inspect
+import copy
 import math
-import random
 
+import numba
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    CFG,
+    KINDS,
+    P,
+    clone,
+    perturbed_model,
+    random_int_model,
+    special_lane,
+    trained_pair,
+    word_text,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from megazip import intmodel
 from megazip.evaluate import float_bits, int_bits
 from megazip.export import export, load_int_model, save_int_model
-from megazip.intmodel import COUNT_TOTAL, IntMegabyte
-from megazip.model import PRESETS, Megabyte
+from megazip.intmodel import COUNT_TOTAL, IntMegabyte, int_matmul
+from megazip.kernels import NumbaKernels, TorchKernels, isqrt
 
-CFG = PRESETS["test"]  # P = 4, window 16 patches (64 bytes)
-P = CFG.patch_size
 WINDOW_BYTES = CFG.window * P
 SLOW_EXAMPLES = settings(
     max_examples=10,
@@ -42,112 +49,12 @@ SLOW_EXAMPLES = settings(
 
 # ------------------------------------------------------------------------------ helpers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a 2-core machine shared with a training job, two threads
-    contend badly. Tests that need two set it themselves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-WORDS = ["the", "of", "and", "to", "in", "is", "that", "for", "it", "as"]
-WORDS += ["with", "was", "on", "be", "by", "this", "are", "from", "at", "or"]
-
-
-def word_text(seed: int, n: int) -> bytes:
-    """n bytes of word salad from a 20-word vocabulary: a model learns it in a few
-    seconds, while it has few long repeats for zstd to exploit."""
-    rng = random.Random(seed)
-    words = WORDS
-    out, size = [], 0
-    while size < n:
-        w = rng.choice(words) + rng.choice([" ", " ", " ", ", ", ". "])
-        out.append(w)
-        size += len(w)
-    return "".join(out).encode()[:n]
-
-
-def special_lane(kind: str, n: int, seed: int = 0) -> list[int]:
-    if kind == "zeros":
-        return [0] * n
-    if kind == "ff":
-        return [255] * n
-    if kind == "alt00ff":
-        return [0, 255] * (n // 2) + [0] * (n % 2)
-    if kind == "alt55aa":
-        return [0x55, 0xAA] * (n // 2) + [0x55] * (n % 2)
-    if kind == "ramp":
-        return [i % 256 for i in range(n)]
-    if kind == "text":
-        return list(word_text(seed, n))
-    raise ValueError(kind)
-
-
-KINDS = ["zeros", "ff", "alt00ff", "alt55aa", "ramp", "text"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def worst_case_lanes(T: int) -> torch.Tensor:
     rnd = torch.randint(0, 256, (T,), generator=torch.Generator().manual_seed(7)).tolist()
     return torch.tensor([special_lane(k, T) for k in KINDS] + [rnd], dtype=torch.int64)
-
-
-def perturbed_model(seed: int, scale: float) -> Megabyte:
-    """A float test-preset model with strongly perturbed weights (every path matters)."""
-    torch.manual_seed(seed)
-    m = Megabyte(CFG).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return m
-
-
-@functools.lru_cache(maxsize=32)
-def _random_int_model(seed: int, scale: float) -> IntMegabyte:
-    g = torch.Generator().manual_seed(seed + 1)
-    calibration = torch.randint(0, 256, (4, 16 * P), generator=g)
-    return export(perturbed_model(seed, scale), calibration)
-
-
-def clone(int_model: IntMegabyte) -> IntMegabyte:
-    """A fresh IntMegabyte on the CPU (IntMegabyte.to mutates its object)."""
-    return IntMegabyte(int_model.config, dict(int_model.tensors), dict(int_model.ints))
-
-
-def random_int_model(seed: int = 0, scale: float = 0.2) -> IntMegabyte:
-    """The integer model of a randomly perturbed float model (cached; a fresh object)."""
-    return clone(_random_int_model(seed, scale))
-
-
-@functools.lru_cache(maxsize=2)
-def _trained_pair(seed: int = 0, steps: int = 150):
-    """A test-preset float model trained briefly on word_text, and its integer model."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        data = torch.tensor(list(word_text(1000 + seed, 20000)))
-        m = Megabyte(CFG)
-        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-        for _ in range(steps):
-            starts = torch.randint(0, len(data) - 64, (8,))
-            x = torch.stack([data[s : s + 64] for s in starts])
-            _, loss = m(x, x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        m.eval()
-        calibration = torch.stack([data[s : s + 64] for s in range(0, 64 * 16, 64)])
-        return m, export(m, calibration)
-    finally:
-        torch.set_num_threads(before)
-
-
-def trained_pair(seed: int = 0):
-    m, int_model = _trained_pair(seed)
-    return m, clone(int_model)
 
 
 def full_tables(int_model: IntMegabyte, lanes: torch.Tensor, chunk_patches: int) -> torch.Tensor:
@@ -169,32 +76,11 @@ def assert_valid(counts: torch.Tensor, B: int, T: int) -> None:
     assert torch.all(sums == COUNT_TOTAL), f"row sums {sums.unique().tolist()} != 2^24"
 
 
-def backends() -> list:
-    """CPU kernel backends IntMegabyte.to(..., kernels=) accepts (None: the default)."""
-    if "kernels" not in inspect.signature(IntMegabyte.to).parameters:
-        return [None]
-    from megazip import kernels
-
-    found = [None]
-    if hasattr(kernels, "TorchKernels"):
-        found.append(kernels.TorchKernels)
-    if hasattr(kernels, "NumbaKernels") and importlib.util.find_spec("numba"):
-        found.append(kernels.NumbaKernels)
-    return found
+BACKENDS = [TorchKernels, NumbaKernels]  # the CPU kernel backends; TorchKernels: reference
 
 
 def on_backend(int_model: IntMegabyte, kernels) -> IntMegabyte:
-    c = clone(int_model)
-    return c if kernels is None else c.to("cpu", kernels=kernels)
-
-
-def _find(name: str):
-    """A helper that lives in megazip.intmodel or (after the kernel split) megazip.kernels."""
-    if hasattr(intmodel, name):
-        return getattr(intmodel, name)
-    from megazip import kernels
-
-    return getattr(kernels, name)
+    return clone(int_model).to("cpu", kernels=kernels)
 
 
 # ---------------------------------------------------------------- strategies and inputs
@@ -254,12 +140,12 @@ def test_a_lanes_tables_do_not_depend_on_the_other_lanes(seed, scale, lanes):
     assert torch.equal(inc[B:].cpu(), batch.flip(0))
 
 
-@pytest.mark.parametrize("kernels", backends(), ids=lambda k: getattr(k, "__name__", "default"))
+@pytest.mark.parametrize("kernels", BACKENDS, ids=lambda k: k.__name__)
 def test_worst_case_inputs_on_every_backend(kernels):
     T = WINDOW_BYTES + 12 * P  # past the global window
     lanes = worst_case_lanes(T)
     int_model = on_backend(random_int_model(3, 1.0), kernels)
-    reference = full_tables(random_int_model(3, 1.0), lanes, 64)  # default backend
+    reference = full_tables(on_backend(random_int_model(3, 1.0), TorchKernels), lanes, 64)
     assert_valid(reference, *lanes.shape)
     inc = int_model.counts_incremental(lanes).cpu()
     assert torch.equal(inc, reference)
@@ -302,7 +188,7 @@ def test_saturated_int8_weights_give_valid_identical_tables(pattern):
     assert_valid(inc, *lanes.shape)
     for chunk in (1, 3, 64):
         assert torch.equal(full_tables(sat, lanes, chunk), inc)
-    for kernels in backends()[1:]:
+    for kernels in BACKENDS:
         assert torch.equal(full_tables(on_backend(sat, kernels), lanes, 64), inc)
     assert torch.equal(full_tables(sat, lanes[2:3], 64)[0], inc[2])
 
@@ -314,22 +200,17 @@ def test_one_and_two_threads_give_identical_tables():
     )
     lanes[:4] = worst_case_lanes(lanes.shape[1])[:4]
     before = torch.get_num_threads()
-    numba = None
-    if importlib.util.find_spec("numba"):
-        import numba
     results = []
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            if numba is not None:
-                numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
             full = full_tables(int_model, lanes, 64)
             inc = int_model.counts_incremental(lanes[:, : 12 * P]).cpu()
             results.append((full, inc))
     finally:
         torch.set_num_threads(before)
-        if numba is not None:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     assert torch.get_num_threads() == before
     (f1, i1), (f2, i2) = results
     assert_valid(f1, *lanes.shape)
@@ -365,6 +246,59 @@ def test_content_hash_is_stable_and_sees_every_change():
     assert clone(a).to("cpu").content_hash() == a.content_hash()
 
 
+def test_to_another_backend_returns_a_moved_copy_and_leaves_the_model_alone():
+    int_model = on_backend(random_int_model(6, 0.5), TorchKernels)
+    lanes = worst_case_lanes(6 * P)
+    reference = full_tables(int_model, lanes, 64)
+    moved = int_model.to("cpu", kernels=NumbaKernels)
+    assert moved is not int_model and moved.kernels is NumbaKernels
+    assert int_model.kernels is TorchKernels and int_model.device.type == "cpu"
+    assert moved.to("cpu", kernels=NumbaKernels) is moved  # already there: itself
+    assert torch.equal(full_tables(moved, lanes, 64), reference)
+    assert torch.equal(full_tables(int_model, lanes, 64), reference)
+
+
+def test_export_leaves_the_float_model_as_it_was():
+    model = perturbed_model(8, 0.2).to(torch.bfloat16).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calibration = torch.randint(0, 256, (4, 16 * P), generator=torch.Generator().manual_seed(8))
+    int_model = export(model, calibration)
+    assert model.training
+    after = model.state_dict()
+    assert all(after[k].dtype == torch.bfloat16 for k in after)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    # the same integers as exporting a float32 copy
+    assert (
+        int_model.content_hash() == export(copy.deepcopy(model).float(), calibration).content_hash()
+    )
+
+
+def test_exact_matmuls_are_set_only_while_the_model_runs_and_restored():
+    """The integer model needs IEEE float32 GEMMs; a caller that allowed bf16/TF32 ones
+    gets the same tables, and its settings back afterwards."""
+    cpu, cuda = torch.backends.mkldnn.matmul, torch.backends.cuda.matmul
+    int_model = random_int_model(7, 0.5)
+    lanes = worst_case_lanes(6 * P)
+    reference = full_tables(int_model, lanes, 64)
+    saved = cpu.fp32_precision, cuda.fp32_precision
+    try:
+        cpu.fp32_precision, cuda.fp32_precision = "bf16", "tf32"
+        seen = []
+        for _, counts in int_model.count_tables(lanes, 2):
+            seen.append(counts)
+            assert (cpu.fp32_precision, cuda.fp32_precision) == ("bf16", "tf32")
+        assert torch.equal(torch.cat(seen, 1), reference)
+        with intmodel.exact_float32_matmuls():
+            assert (cpu.fp32_precision, cuda.fp32_precision) == ("ieee", "ieee")
+            assert torch.equal(int_model.counts_incremental(lanes), reference)
+            assert (cpu.fp32_precision, cuda.fp32_precision) == ("ieee", "ieee")  # nested
+        assert (cpu.fp32_precision, cuda.fp32_precision) == ("bf16", "tf32")
+        IntMegabyte(int_model.config, dict(int_model.tensors), dict(int_model.ints))
+        assert (cpu.fp32_precision, cuda.fp32_precision) == ("bf16", "tf32")
+    finally:
+        cpu.fp32_precision, cuda.fp32_precision = saved
+
+
 # ------------------------------------------------------------------- exact primitives
 
 
@@ -389,7 +323,6 @@ def _int8_array(rng: np.random.Generator, shape, mode: str) -> np.ndarray:
     seed=st.integers(0, 2**32 - 1),
 )
 def test_int_matmul_is_exact(K, M, N, xmode, wmode, xdtype, seed):
-    int_matmul = _find("int_matmul")
     rng = np.random.default_rng(seed)
     x = _int8_array(rng, (M, K), xmode)
     w = _int8_array(rng, (K, N), wmode)
@@ -431,13 +364,10 @@ def test_tables_equal_with_and_without_the_int8_gemm():
     assert torch.equal(tables[0][1], tables[1][1])
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("numba"), reason="numba not installed")
 @pytest.mark.parametrize(
     "T, S, lo, window", [(1, 1, 0, 0), (1, 9, 3, 0), (1, 40, 7, 16), (5, 33, 2, 8)]
 )
 def test_fused_attention_equals_the_reference(T, S, lo, window):
-    from megazip import kernels
-
     g = torch.Generator().manual_seed(T * 1000 + S)
     B, H, hd = 3, 2, 16
     q = torch.randint(-128, 128, (B, H, T, hd), generator=g).float()
@@ -448,15 +378,14 @@ def test_fused_attention_equals_the_reference(T, S, lo, window):
     exp = torch.tensor([round(2**15 * math.exp(-i / 32)) for i in range(700)] + [0])
     out_mult = torch.randint(1, 2**12, (H * hd,), generator=g)
     args = (q, k, v, lo, lo + S, 1500, 14, alibi, window, exp, out_mult, 18)
-    ref = kernels.TorchKernels.attend(*args)
-    fused = kernels.NumbaKernels.attend(*args)  # int8 operands and result
+    ref = TorchKernels.attend(*args)
+    fused = NumbaKernels.attend(*args)  # int8 operands and result
     assert fused.dtype == torch.int8
     assert torch.equal(fused.to(ref.dtype), ref)
     assert ref.abs().max() <= 127
 
 
 def test_int_matmul_worst_case_sums_past_2_to_the_24():
-    int_matmul = _find("int_matmul")
     for K in (1024, 1025, 1500, 2048, 4096):
         x = torch.full((3, K), 127, dtype=torch.int64)
         w = torch.full((K, 2), 127.0)
@@ -481,14 +410,12 @@ def test_int_matmul_worst_case_sums_past_2_to_the_24():
     )
 )
 def test_isqrt_is_exact(values):
-    isqrt = _find("isqrt")
     got = isqrt(torch.tensor(values, dtype=torch.int64))
     assert got.dtype == torch.int64
     assert got.tolist() == [math.isqrt(v) for v in values]
 
 
 def test_isqrt_edges():
-    isqrt = _find("isqrt")
     edges = [0, 1, 2, 3, 4, 2**52, 2**52 + 1, 2**53 - 1, 2**53, 2**53 + 1, 2**62 - 1]
     for s in (2**26 - 1, 2**26, 2**31 - 1, 3037000499, 94906265, 94906267):
         edges += [s * s - 1, s * s, s * s + 1] if s * s + 1 < 2**62 else [s * s - 1]

@@ -1,14 +1,14 @@
 """Shipped models: present, loadable, hashes matching their cards, usable for coding."""
 
-import json
 import re
 import subprocess
 
 import pytest
-from conftest import megazip_cmd
+from conftest import ROOT, megazip_cmd
 
 import megazip
 from megazip import checkpoint, container
+from megazip.evaluate import float_bits, int_code_lengths
 
 NAMES = checkpoint.shipped_model_names()
 
@@ -52,6 +52,14 @@ def test_models_command_lists_every_shipped_model():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_card_reports_float_and_integer_validation_within_3_percent(name):
-    meta = json.loads((checkpoint.shipped_models_dir() / f"{name}.json").read_text())
-    assert meta["valid_bpb_int"] <= meta["valid_bpb_float"] * 1.03
+def test_integer_model_codes_within_3_percent_of_the_float_model(name):
+    """What the card reports on the validation split, measured here on a sample it never
+    trained on (8 KiB of the bundled speech): integer bits within 3 % of float bits."""
+    if not checkpoint.has_float_weights(name):
+        pytest.skip(f"{name} ships without float weights")
+    data = (ROOT / "samples" / "sotu-1819-monroe.txt").read_bytes()[:8192]
+    model, _ = checkpoint.load(name)
+    fb = float_bits(model, data)
+    ib = int_code_lengths(checkpoint.load_int_model(name), data)[0]
+    assert fb / len(data) < 4.0, f"the float model codes text at {fb / len(data):.3f} bits/byte"
+    assert abs(ib - fb) <= 0.03 * fb, f"int {ib / len(data):.4f} vs float {fb / len(data):.4f}"

@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import pytest
 import torch
 from conftest import ROOT, megazip_cmd
 from safetensors.torch import load_file
@@ -48,6 +49,13 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(x)[0], m2(x)[0])
     assert meta["note"] == "x" and meta["config"] == m.config.to_dict()
+
+
+def test_an_unknown_preset_is_refused_before_anything_is_written(tmp_path):
+    cfg = small_cfg(tmp_path, model="no-such-preset")
+    with pytest.raises(ValueError, match="unknown model preset: no-such-preset"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_continues_step_count_and_schedule_exactly(tmp_path):
