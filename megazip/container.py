@@ -54,9 +54,13 @@ ZSTD_LEVEL = 19
 # Limits a reader enforces (FORMAT.md, "Limits"); a writer never exceeds them.
 MAX_FRAME = 1 << 26  # original bytes of one frame
 MAX_SEGMENTS = 1 << 16  # segments of one frame
-MAX_LANES = 1 << 14  # lanes (segments) of one block
+MAX_LANES = 1 << 10  # lanes (segments) of one block: bounds a decoder's per-lane state
 MAX_RATIO = 256  # a block's lanes hold at most this many bytes per byte of its stream
 MAX_NAME = 255
+# What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
+# adaptive stage's state per lane and its shared tables (at their caps).
+STATE_PER_LANE = 21_000
+STATE_SHARED = 225_000_000
 
 # Writer defaults.
 FRAME_SIZE = 8 << 20  # bytes of input per frame (see FORMAT.md, "Frames": costs ~nothing)
@@ -250,9 +254,10 @@ class _Source:
 def read_frame(src: _Source, index: int) -> Frame:
     """Parse and validate the header of frame `index`. Every count and length is checked
     against the format's limits before anything is sized by it. Raises FormatError."""
-    src.log = bytearray()
-    if src.take(4) != MAGIC:
+    if src.peek(len(MAGIC)) != MAGIC:
         raise FormatError("not a megazip file (bad magic)")
+    src.log = bytearray()
+    src.take(len(MAGIC))
     version, flags = src.take(2)
     if version != VERSION:
         if version in OLD_FORMATS:
@@ -317,6 +322,19 @@ def read_frame(src: _Source, index: int) -> Frame:
         raise FormatError("corrupt header (CRC mismatch)")
     fr.size = len(header) + 4
     return fr
+
+
+def frame_memory(length: int, lanes: int, config, kv_bytes: int = 4) -> int:
+    """An upper bound, in bytes, of what a reader allocates to decode a frame of `length`
+    original bytes whose blocks have `lanes` lanes, with a model of `config` whose KV
+    caches hold `kv_bytes`-byte elements: the frame's data three times over (body,
+    segments, output), decoded bytes and history for B lanes of padded length T (B * T
+    <= 2 * length + B * P), the adaptive stage's per-lane and shared state, and the
+    model's KV caches (2 * layers * (2 * window - 1) * global_dim elements per lane)."""
+    B = min(lanes, MAX_LANES)
+    lane_bytes = 2 * length + B * config.patch_size
+    kv = 2 * config.global_layers * (2 * config.window - 1) * config.global_dim * kv_bytes
+    return 3 * length + 2 * lane_bytes + B * (STATE_PER_LANE + kv) + STATE_SHARED
 
 
 def _check_stage(stage: int) -> None:
