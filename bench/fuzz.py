@@ -100,7 +100,8 @@ def records(seed: int, n: int) -> bytes:
     rng = random.Random(seed)
     out = bytearray()
     while len(out) < n:
-        out += b"%06d|%-12s|%5.2f\n" % (len(out) // 32, rng.choice([b"alpha", b"beta"]), 1.5)
+        name = rng.choice([b"alpha", b"beta", b"gamma", b"delta"])
+        out += b"%05d,%-8s,%05d\n" % (len(out) // 21, name, rng.randrange(100000))
     return bytes(out[:n])
 
 
@@ -124,7 +125,7 @@ def kinds(model) -> dict[str, tuple[bytes, bytes]]:
     }
     lanes = dict(segment_size=32, lanes=16)
     options = {
-        "model+record": lanes,
+        "model+record": dict(segment_size=64, lanes=8),
         "model": lanes,
         "model-plain": dict(lanes, adaptive=False),
         "blocks": dict(segment_size=32, lanes=3),
@@ -136,7 +137,7 @@ def kinds(model) -> dict[str, tuple[bytes, bytes]]:
         assert container.decompress(blob, model) == data
         out[name] = (data, blob)
     kinds = {name: describe(blob) for name, (_, blob) in out.items()}
-    assert "M stage 3 r=0" not in kinds["model"] and "r=0" not in kinds["model+record"]
+    assert "M stage 3 r=21" in kinds["model+record"] and "M stage 3 r=0" in kinds["blocks"]
     assert "M" in kinds["model"] and "stage 0" in kinds["model-plain"] and "M" in kinds["blocks"]
     assert kinds["zstd"] == "[Z stage 0]" and kinds["stored"] == "[S stage 0]"
     assert kinds["frames"].count("[") > 2 and kinds["blocks"].count("M") > 3

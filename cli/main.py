@@ -41,17 +41,34 @@ def main():
 @click.option(
     "--lanes",
     default=None,
-    type=click.IntRange(1, 1 << 14),
+    type=click.IntRange(1, 1 << 10),
     help="Segments coded together (more: faster, more memory).",
 )
 @click.option(
     "--segment-size",
     default=None,
     type=click.IntRange(1, 1 << 26),
-    help="Bytes per segment (default: from the input size and --lanes).",
+    help="Bytes per segment (default: from the frame size and --lanes).",
+)
+@click.option(
+    "--frame-size",
+    default=None,
+    type=click.IntRange(1, 1 << 26),
+    help="Bytes of input per frame, coded independently (default: 8 MiB).",
 )
 def compress_cmd(
-    files, output, to_stdout, force, remove, model_name, device, quiet, verbose, lanes, segment_size
+    files,
+    output,
+    to_stdout,
+    force,
+    remove,
+    model_name,
+    device,
+    quiet,
+    verbose,
+    lanes,
+    segment_size,
+    frame_size,
 ):
     """Compress files to FILE.mgz (stdin to stdout with no file or '-')."""
     from megazip import container
@@ -74,6 +91,7 @@ def compress_cmd(
                         model_name,
                         lanes=lanes or container.DEFAULT_LANES,
                         segment_size=segment_size,
+                        frame_size=frame_size,
                         device=dev,
                         progress=update,
                         stats=stats,

@@ -733,6 +733,14 @@ def clear_model_cache() -> None:
     _INT_MODELS.clear()
 
 
+def model_identity(model=None, device: str = "cpu") -> tuple[str, str]:
+    """(name, content hash in hex) that a frame coded with `model` names (loads it)."""
+    from . import checkpoint
+
+    int_model, name = _int_model(model if model is not None else checkpoint.DEFAULT_MODEL, device)
+    return name, int_model.content_hash()
+
+
 def _int_model(model, device: str):
     """(integer model on `device`, name for the header). An IntMegabyte given is used as
     it is (its kernels too) when on `device`, else a moved copy: the caller's object is
