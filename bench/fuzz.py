@@ -42,6 +42,7 @@ from megazip.container import FormatError, ModelMismatch  # noqa: E402
 
 EXPECTED = (FormatError, ModelMismatch, checkpoint.ModelNotFound)
 MUTATIONS = ("flip", "set", "truncate", "insert", "delete", "header", "header-bytes")
+KIND_NAMES = ("model+record", "model", "model-plain", "zstd", "stored", "empty", "blocks", "frames")
 
 
 def fuzz_model():
@@ -132,6 +133,7 @@ def kinds(model) -> dict[str, tuple[bytes, bytes]]:
         "frames": dict(frame_size=256, segment_size=32, lanes=8),
     }
     out = {}
+    assert tuple(made) == KIND_NAMES
     for name, data in made.items():
         blob = c(data, model, **options.get(name, {}))
         assert container.decompress(blob, model) == data

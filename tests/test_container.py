@@ -911,3 +911,34 @@ def test_the_worked_example_of_format_md_is_what_megazip_writes():
     assert [s[0] for s in h["segments"]] == [MODEL, STORED]
     assert f"The file is {len(blob)} bytes: a {h['header_size']}-byte header" in doc
     assert container.decompress(blob) == scope["text"] + scope["noise"]
+
+
+def test_incompressible_input_never_runs_the_model_nor_imports_torch():
+    """The quick "the model cannot help" decision: random bytes are stored without
+    loading a model, or even importing torch (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from megazip import container\n"
+        "data = os.urandom(300_000)\n"
+        "blob = container.compress(data, 'no-such-model')\n"
+        "assert container.decompress(blob) == data\n"
+        "assert 'torch' not in sys.modules and 'numba' not in sys.modules, 'imported'\n"
+        "print(len(blob) - len(data))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 22  # one stored frame: its header
+
+
+def test_the_header_of_an_empty_or_tiny_input_is_about_zstds_frame():
+    """An empty input is 12 bytes (zstd's frame with its checksum: 13); 3,000 random bytes
+    cost 20 bytes of header (zstd: 14)."""
+    assert len(container.compress(b"")) == 12
+    assert container.decompress(container.compress(b"")) == b""
+    data = random_bytes(3000, 40)
+    assert len(container.compress(data)) == 3020
+    z = zstandard.ZstdCompressor(level=19, write_checksum=True)
+    assert len(z.compress(b"")) == 13 and len(z.compress(data)) == 3014
