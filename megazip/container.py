@@ -211,6 +211,16 @@ class _Source:
         return bytes(got)
 
     def skip(self, n: int) -> None:
+        """Pass over n bytes (seeking where the stream can)."""
+        k = min(n, len(self.pending))
+        self.pending, n = self.pending[k:], n - k
+        if n and self.f.seekable():
+            pos = self.f.tell()
+            end = self.f.seek(0, io.SEEK_END)
+            self.f.seek(min(pos + n, end))
+            if pos + n > end:
+                raise FormatError("truncated file")
+            return
         log, self.log = self.log, None
         while n:
             k = min(n, READ_CHUNK)
