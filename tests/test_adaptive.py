@@ -219,7 +219,7 @@ def test_other_adaptive_versions_are_refused_with_a_clear_error(trained, version
 
     from megazip import container
 
-    blob = container.compress(b"hello hello hello " * 50, trained)
+    blob = container.compress(word_text(7, 1000), trained, segment_size=500)
     fr = container.scan(blob).frames[0]
     assert fr.stage == adaptive.ADAPTIVE_VERSION
     forged = container.pack_header(dataclasses.replace(fr, stage=version)) + blob[fr.size :]
