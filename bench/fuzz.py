@@ -14,7 +14,7 @@ time limit. Outcomes:
     hang        over the time limit
     wrong       returned bytes other than the original without raising (a bug)
 
-    python bench/fuzz.py --cases 20000 [--seed 0] [--limit 10] [--model tiny]
+    python bench/fuzz.py --cases 20000 [--seed 0] [--limit 30] [--model tiny]
 
 The model defaults to a small random model (the "test" preset), so that thousands of
 model streams decode in minutes; --model NAME uses a shipped model or checkpoint. The
@@ -121,7 +121,7 @@ def kinds(model) -> dict[str, tuple[bytes, bytes]]:
         "zstd": noise(10, 100) * 8,
         "stored": noise(4, 300),
         "empty": b"",
-        "blocks": words(5, 256) + noise(6, 64) + words(7, 192),
+        "blocks": words(5, 128) + noise(6, 32) + words(7, 96),
         "frames": words(8, 512) + noise(9, 256) + b"z" * 256,
     }
     lanes = dict(segment_size=32, lanes=16)
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=float, default=10.0, help="seconds per case")
+    ap.add_argument("--limit", type=float, default=30.0, help="seconds per case")
     ap.add_argument("--model", default=None, help="shipped model or checkpoint (default: random)")
     args = ap.parse_args(argv)
 

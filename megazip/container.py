@@ -724,8 +724,12 @@ def _model_for(fr: Frame, model, device, models):
 
 
 def _unzstd(payload: bytes, length: int) -> bytes:
+    """The segment a zstd payload holds. Read through a stream reader, at most one byte
+    beyond `length`: a damaged frame header that claims a huge content size costs no
+    memory (ZstdDecompressor.decompress would allocate the claimed size)."""
     try:
-        data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=length)
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as r:
+            data = r.read(length + 1)
     except zstandard.ZstdError as e:
         raise FormatError(f"corrupt zstd segment ({e})") from None
     if len(data) != length:

@@ -942,3 +942,27 @@ def test_the_header_of_an_empty_or_tiny_input_is_about_zstds_frame():
     assert len(container.compress(data)) == 3020
     z = zstandard.ZstdCompressor(level=19, write_checksum=True)
     assert len(z.compress(b"")) == 13 and len(z.compress(data)) == 3014
+
+
+def test_a_zstd_payload_claiming_a_huge_size_costs_no_memory(trained):
+    """Bug (found by bench/fuzz.py): a damaged zstd frame header claiming a content size
+    of 2^40 made ZstdDecompressor.decompress raise MemoryError (a traceback from the
+    CLI); the payload is now read through a bounded stream reader."""
+    import tracemalloc
+
+    data = random_bytes(100, 41) + bytes(100)
+    blob = container.compress(data, trained, segment_size=100, lanes=1, adaptive=False)
+    h = parse(blob)
+    assert [s[0] for s in h["segments"]] == [STORED, ZSTD]
+    z = blob[h["header_size"] + 100 :]
+    forged_z = b"\x28\xb5\x2f\xfd\xe0" + (1 << 40).to_bytes(8, "little") + z[6:]
+    segments = [h["segments"][0], (ZSTD, len(forged_z), 100)]
+    forged = reframe(blob, segments=segments, body=blob[h["header_size"] :][:100] + forged_z)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="zstd"):
+            container.decompress(forged, trained)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
