@@ -41,51 +41,68 @@ def main():
 @click.option(
     "--lanes",
     default=None,
-    type=click.IntRange(1, 1 << 14),
+    type=click.IntRange(1, 1 << 10),
     help="Segments coded together (more: faster, more memory).",
 )
 @click.option(
     "--segment-size",
     default=None,
     type=click.IntRange(1, 1 << 26),
-    help="Bytes per segment (default: from the input size and --lanes).",
+    help="Bytes per segment (default: from the frame size and --lanes).",
+)
+@click.option(
+    "--frame-size",
+    default=None,
+    type=click.IntRange(1, 1 << 26),
+    help="Bytes of input per frame, coded independently (default: 8 MiB).",
 )
 def compress_cmd(
-    files, output, to_stdout, force, remove, model_name, device, quiet, verbose, lanes, segment_size
+    files,
+    output,
+    to_stdout,
+    force,
+    remove,
+    model_name,
+    device,
+    quiet,
+    verbose,
+    lanes,
+    segment_size,
+    frame_size,
 ):
     """Compress files to FILE.mgz (stdin to stdout with no file or '-')."""
-    import zstandard
-
-    from megazip import checkpoint, container
+    from megazip import container
 
     files = files or (fileio.STDIO,)
     outs = fileio.plan_outputs(files, output, to_stdout, fileio.compressed_name)
-    model = model_name or checkpoint.DEFAULT_MODEL
-    dev = opt.pick_device(device)
+    dev = opt.pick_device(device, lazy=True)
 
     def one(f, o):
         fileio.check_target(f, o, force)
-        data = fileio.read_input(f)
-        update, close = fileio.progress(len(data), quiet, Path(f).name)
         stats: dict = {}
-        try:
-            blob = container.compress(
-                data,
-                model,
-                lanes=lanes or container.DEFAULT_LANES,
-                segment_size=segment_size,
-                device=dev,
-                progress=update,
-                stats=stats,
-            )
-        finally:
-            close()
-        if remove and f != fileio.STDIO and container.decompress(blob, model, device=dev) != data:
-            raise UserError(f"{f}: verification failed; input kept")
-        fileio.write_output(o, blob, force, like=f)
+        with fileio.open_input(f) as fin:
+            total = os.fstat(fin.fileno()).st_size if f != fileio.STDIO else None
+            update, close = fileio.progress(total, quiet, Path(f).name)
+            try:
+                with fileio.open_output(o, force, like=f, compressed=True) as fout:
+                    packed = container.compress_stream(
+                        fin,
+                        fout,
+                        model_name,
+                        lanes=lanes or container.DEFAULT_LANES,
+                        segment_size=segment_size,
+                        frame_size=frame_size,
+                        device=dev,
+                        progress=update,
+                        stats=stats,
+                        verify=remove and f != fileio.STDIO,
+                    )
+            except container.VerifyError:
+                raise UserError(f"{f}: verification failed; input kept") from None
+            finally:
+                close()
         if not quiet:
-            raw, packed = len(data), len(blob)
-            z = len(zstandard.ZstdCompressor(level=container.ZSTD_LEVEL).compress(data))
+            raw, z = stats["length"], stats["zstd_bytes"]
             bpb, zbpb = (8 * packed / raw, 8 * z / raw) if raw else (0.0, 0.0)
             click.echo(
                 f"{f if f != fileio.STDIO else 'stdin'}: {raw:,} -> {packed:,} bytes, "
@@ -95,8 +112,8 @@ def compress_cmd(
             if verbose:
                 counts = {m: stats["methods"].count(m) for m in sorted(set(stats["methods"]))}
                 click.echo(
-                    f"  segments: {counts}, model ideal {stats['model_bits'] / 8:,.0f} "
-                    f"bytes, coded {stats['model_bytes']:,} bytes",
+                    f"  {stats['frames']} frames, segments: {counts}, model ideal "
+                    f"{stats['model_bits'] / 8:,.0f} bytes, coded {stats['model_bytes']:,} bytes",
                     err=True,
                 )
         if remove:
@@ -123,41 +140,63 @@ def decompress_cmd(files, output, to_stdout, force, remove, model_name, device, 
 
     files = files or (fileio.STDIO,)
     outs = fileio.plan_outputs(files, output, to_stdout, fileio.decompressed_name)
-    dev = opt.pick_device(device)
+    dev = opt.pick_device(device, lazy=True)
 
     def one(f, o):
         fileio.check_target(f, o, force)
-        blob = fileio.read_input(f)
-        update, close = fileio.progress(container.read_header(blob).length, quiet, Path(f).name)
-        try:
-            data = container.decompress(blob, model_name, device=dev, progress=update)
-        finally:
-            close()
-        fileio.write_output(o, data, force, like=f)
-        if verbose:
-            click.echo(f"{f}: {len(blob):,} -> {len(data):,} bytes", err=True)
+        with fileio.open_input(f) as fin:
+            update, close = fileio.progress(_original_size(fin, f), quiet, Path(f).name)
+            try:
+                with fileio.open_output(o, force, like=f) as fout:
+                    n = container.decompress_stream(
+                        fin, fout, model_name, device=dev, progress=update
+                    )
+            finally:
+                close()
+            if verbose:
+                click.echo(f"{f}: {fin.tell():,} -> {n:,} bytes", err=True)
         if remove:
             fileio.remove_input(f)
 
     for_each_file(zip(files, outs, strict=True), one)
 
 
+def _original_size(fin, f) -> int | None:
+    """The original size a regular .mgz file holds (its frame headers), for the progress
+    bar; None for a pipe. The stream is left at its start."""
+    from megazip import container
+
+    if f == fileio.STDIO or not fin.seekable():
+        return None
+    try:
+        return container.scan(fin).length
+    except container.FormatError:
+        return None  # decompress_stream reports it
+    finally:
+        fin.seek(0)
+
+
+class _Sink:
+    def write(self, b) -> int:
+        return len(b)
+
+
 @main.command("test")
 @click.argument("files", nargs=-1, required=True)
 @options(opt.model(in_file=True), opt.device, opt.quiet)
 def test_cmd(files, model_name, device, quiet):
-    """Verify .mgz files: decompress in memory and check the checksum."""
+    """Verify .mgz files: decompress in memory and check every frame's checksum."""
     from megazip import container
 
-    dev = opt.pick_device(device)
+    dev = opt.pick_device(device, lazy=True)
 
     def one(f):
-        blob = fileio.read_input(f)
-        update, close = fileio.progress(container.read_header(blob).length, quiet, Path(f).name)
-        try:
-            container.decompress(blob, model_name, device=dev, progress=update)
-        finally:
-            close()
+        with fileio.open_input(f) as fin:
+            update, close = fileio.progress(_original_size(fin, f), quiet, Path(f).name)
+            try:
+                container.decompress_stream(fin, _Sink(), model_name, device=dev, progress=update)
+            finally:
+                close()
         if not quiet:
             click.echo(f"{f}: OK")
 
@@ -167,27 +206,35 @@ def test_cmd(files, model_name, device, quiet):
 @main.command("info")
 @click.argument("files", nargs=-1, required=True)
 def info_cmd(files):
-    """Describe .mgz files: model, sizes, segments."""
+    """Describe .mgz files: frames, models, sizes, segments."""
     from megazip import container
 
     def one(f):
-        blob = fileio.read_input(f)
-        h = container.read_header(blob)
+        with fileio.open_input(f) as fin:
+            h = container.scan(fin)
         methods = [container.METHOD_NAMES[s.method] for s in h.segments]
         by = {m: methods.count(m) for m in container.METHOD_NAMES.values() if m in methods}
-        bpb = 8 * len(blob) / h.length if h.length else 0.0
+        bpb = 8 * h.size / h.length if h.length else 0.0
+        models = {(fr.model_name, fr.model_hash.hex()[:16]) for fr in h.model_frames}
+        lanes = sorted({fr.lanes for fr in h.model_frames})
+        blocks = sum(len(fr.blocks) for fr in h.frames)
         click.echo(f"{f}:")
         click.echo(f"  format version   {container.VERSION}")
-        click.echo(f"  model            {h.model_name} (sha256 {h.model_hash.hex()[:16]}...)")
-        click.echo(f"  original size    {h.length:,} bytes")
-        click.echo(f"  compressed size  {len(blob):,} bytes ({bpb:.3f} bits/byte)")
-        click.echo(f"  header           {h.size:,} bytes")
         click.echo(
-            f"  segments         {len(h.segments)} x {h.segment_size:,} bytes: "
+            "  model            "
+            + (", ".join(f"{n} (sha256 {x}...)" for n, x in sorted(models)) or "none needed")
+        )
+        click.echo(f"  original size    {h.length:,} bytes")
+        click.echo(f"  compressed size  {h.size:,} bytes ({bpb:.3f} bits/byte)")
+        click.echo(f"  frames           {len(h.frames)} (headers {h.header_bytes:,} bytes)")
+        click.echo(
+            f"  segments         {len(h.segments)}: "
             + (", ".join(f"{n} {m}" for m, n in by.items()) or "none")
         )
-        click.echo(f"  lanes per block  {h.lanes} ({len(h.blocks)} model blocks)")
-        click.echo(f"  sha256           {h.sha256.hex()}")
+        if lanes:
+            click.echo(f"  lanes per block  {', '.join(map(str, lanes))} ({blocks} model blocks)")
+        if len(h.frames) == 1:
+            click.echo(f"  crc-32           {h.frames[0].crc:08x}")
 
     for_each_file([(f,) for f in files], one)
 

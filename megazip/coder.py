@@ -34,6 +34,10 @@ CHUNK_PATCHES = 64  # patches per teacher-forced chunk (any value gives the same
 DECODE_THREADS = 1  # torch threads while decode_block runs on the CPU (None: leave as is)
 
 
+class CorruptStream(ValueError):
+    """A stream that no encoder wrote: constriction refused it, or its framing is wrong."""
+
+
 def lanes_tensor(segments: list[bytes], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(lanes (B, T) int64 zero-padded to a multiple of `patch`, lengths (B,) int64)."""
     lengths = torch.tensor([len(s) for s in segments], dtype=torch.int64)
@@ -186,14 +190,14 @@ def decode_block(
     depend on it."""
     P = int_model.config.patch_size
     if len(stream) % 4:
-        raise ValueError("corrupt stream: length is not a multiple of 4")
+        raise CorruptStream("corrupt model stream: length is not a multiple of 4")
     record = 0
     if adaptive:  # the block's record length comes first
         if len(stream) < 4:
-            raise ValueError("corrupt stream: no record length")
+            raise CorruptStream("corrupt model stream: no record length")
         record = int.from_bytes(stream[:4], "little")
         if record > adaptive_stage.RECORD_LIMIT:
-            raise ValueError("corrupt stream: record length out of range")
+            raise CorruptStream("corrupt model stream: record length out of range")
         stream = stream[4:]
     words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)  # little-endian on disk
     dec = constriction.stream.queue.RangeDecoder(words)
@@ -234,7 +238,11 @@ def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
                     probs = final[act].astype(np.float64)
                 else:
                     probs = counts[active].to("cpu", torch.float64).numpy()
-                sym = dec.decode(FAMILY, probs)
+                try:
+                    sym = dec.decode(FAMILY, probs)
+                except (AssertionError, ValueError, RuntimeError, OverflowError):
+                    # constriction found data no encoder writes with these tables
+                    raise CorruptStream("corrupt model stream") from None
                 byte = torch.from_numpy(sym.astype(np.uint8)).to(dev)
                 if n == B:
                     out[:, t] = byte
