@@ -1,14 +1,17 @@
 """The command line's file handling, with gzip/zstd habits: where each input's output goes,
-the checks made before any work, reading an input (a file, or `-` for stdin), writing an
-output atomically, and the progress bar. Nothing here knows about models or the format."""
+the checks made before any work, reading an input (a file, or `-` for stdin) and writing
+an output atomically, both as streams (memory does not grow with the file), and the
+progress bar. Nothing here knows about models or the format."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import UserError
 
@@ -56,44 +59,53 @@ def check_target(path: str, out: str | None, force: bool) -> None:
         raise UserError(f"{out}: already exists (use -f to overwrite)")
 
 
-def read_input(path: str) -> bytes:
-    """All bytes of a file, or of stdin for '-'. UserError for stdin on a terminal, a
-    folder or a missing file; other OSErrors pass through."""
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[BinaryIO]:
+    """A binary stream of a file, or of stdin for '-', read as the caller goes (for
+    inputs of any size). UserError for stdin on a terminal, a folder or a missing file."""
     if path == STDIO:
         if sys.stdin.isatty():
             raise UserError("refusing to read data from a terminal (give a file, or pipe)")
-        return sys.stdin.buffer.read()
+        yield sys.stdin.buffer
+        return
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{path}: is a directory")
     if not p.exists():
         raise UserError(f"{path}: no such file")
-    return p.read_bytes()
+    with open(p, "rb") as f:
+        yield f
 
 
-def write_output(path: str | None, data: bytes, force: bool, like: str = STDIO) -> None:
-    """Write data to stdout (path None; UserError for .mgz data on a terminal) or to
-    `path`, atomically: a temporary file in the target's folder, renamed over the target
-    only once complete, and removed on any failure or Ctrl-C, so the target is either
-    untouched or whole. The file gets the permissions of the input `like` (for stdin:
-    0666 less the umask), as gzip does. UserError if the target exists and not force."""
+@contextlib.contextmanager
+def open_output(
+    path: str | None, force: bool, like: str = STDIO, compressed: bool = False
+) -> Iterator[BinaryIO]:
+    """A binary stream to write an output to, as the caller goes: stdout (path None;
+    UserError for compressed data on a terminal), or, for `path`, a temporary file in
+    the target's folder that is renamed over the target only when the block completes,
+    and removed on any failure or Ctrl-C, so the target is either untouched or whole.
+    The file gets the permissions of the input `like` (for stdin: 0666 less the umask),
+    as gzip does. UserError if the target exists and not force."""
     if path is None:
-        if sys.stdout.isatty() and data[:4] == b"\x89MGZ":
+        if compressed and sys.stdout.isatty():
             raise UserError("refusing to write compressed data to a terminal (use -o or -c |)")
-        sys.stdout.buffer.write(data)
+        yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
     target = Path(path)
     if target.exists() and not force:
         raise UserError(f"{path}: already exists (use -f to overwrite)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.chmod(tmp, _mode_like(like))
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -103,7 +115,7 @@ def remove_input(path: str) -> None:
         Path(path).unlink()
 
 
-def progress(total: int, quiet: bool, label: str):
+def progress(total: int | None, quiet: bool, label: str):
     """A byte progress bar on stderr, shown only when stderr is a terminal and not quiet;
     returns (update(n_bytes), close)."""
     from tqdm import tqdm

@@ -42,14 +42,20 @@ def main():
 @click.option(
     "--lanes",
     default=None,
-    type=click.IntRange(1, 1 << 14),
+    type=click.IntRange(1, 1 << 10),
     help="Segments coded together (more: faster, more memory; default: from the size).",
 )
 @click.option(
     "--segment-size",
     default=None,
     type=click.IntRange(1, 1 << 26),
-    help="Bytes per segment (default: from the input size, and --lanes if given).",
+    help="Bytes per segment (default: from the frame size, and --lanes if given).",
+)
+@click.option(
+    "--frame-size",
+    default=None,
+    type=click.IntRange(1, 1 << 26),
+    help="Bytes of input per frame, coded independently (default: 8 MiB).",
 )
 def compress_cmd(
     files,
@@ -64,43 +70,42 @@ def compress_cmd(
     verbose,
     lanes,
     segment_size,
+    frame_size,
 ):
     """Compress files to FILE.mgz (stdin to stdout with no file or '-')."""
-    from megazip import checkpoint, container
+    from megazip import container
 
     files = files or (fileio.STDIO,)
     outs = fileio.plan_outputs(files, output, to_stdout, fileio.compressed_name)
-    model = model_name or checkpoint.DEFAULT_MODEL
-    dev = device  # resolved (importing torch) only if the model runs
+    dev = opt.pick_device(device, lazy=True)
 
     def one(f, o):
         fileio.check_target(f, o, force)
-        data = fileio.read_input(f)
-        update, close = fileio.progress(len(data), quiet, Path(f).name)
         stats: dict = {}
-        try:
-            blob = container.compress(
-                data,
-                model,
-                lanes=lanes,
-                segment_size=segment_size,
-                device=dev,
-                progress=update,
-                stats=stats,
-                threads=threads or None,
-            )
-        finally:
-            close()
-        if (
-            remove
-            and f != fileio.STDIO
-            and container.decompress(blob, model, device=dev, threads=threads or None) != data
-        ):
-            raise UserError(f"{f}: verification failed; input kept")
-        fileio.write_output(o, blob, force, like=f)
+        with fileio.open_input(f) as fin:
+            total = os.fstat(fin.fileno()).st_size if f != fileio.STDIO else None
+            update, close = fileio.progress(total, quiet, Path(f).name)
+            try:
+                with fileio.open_output(o, force, like=f, compressed=True) as fout:
+                    packed = container.compress_stream(
+                        fin,
+                        fout,
+                        model_name,
+                        lanes=lanes,
+                        segment_size=segment_size,
+                        frame_size=frame_size,
+                        device=dev,
+                        progress=update,
+                        stats=stats,
+                        verify=remove and f != fileio.STDIO,
+                        threads=threads or None,
+                    )
+            except container.VerifyError:
+                raise UserError(f"{f}: verification failed; input kept") from None
+            finally:
+                close()
         if not quiet:
-            raw, packed = len(data), len(blob)
-            z = stats["zstd_bytes"]
+            raw, z = stats["length"], stats["zstd_bytes"]
             bpb, zbpb = (8 * packed / raw, 8 * z / raw) if raw else (0.0, 0.0)
             click.echo(
                 f"{f if f != fileio.STDIO else 'stdin'}: {raw:,} -> {packed:,} bytes, "
@@ -110,8 +115,8 @@ def compress_cmd(
             if verbose:
                 counts = {m: stats["methods"].count(m) for m in sorted(set(stats["methods"]))}
                 click.echo(
-                    f"  segments: {counts}, model ideal {stats['model_bits'] / 8:,.0f} "
-                    f"bytes, coded {stats['model_bytes']:,} bytes",
+                    f"  {stats['frames']} frames, segments: {counts}, model ideal "
+                    f"{stats['model_bits'] / 8:,.0f} bytes, coded {stats['model_bytes']:,} bytes",
                     err=True,
                 )
         if remove:
@@ -141,45 +146,65 @@ def decompress_cmd(
 
     files = files or (fileio.STDIO,)
     outs = fileio.plan_outputs(files, output, to_stdout, fileio.decompressed_name)
-    dev = device  # resolved (importing torch) only if the model runs
+    dev = opt.pick_device(device, lazy=True)
 
     def one(f, o):
         fileio.check_target(f, o, force)
-        blob = fileio.read_input(f)
-        update, close = fileio.progress(container.read_header(blob).length, quiet, Path(f).name)
-        try:
-            data = container.decompress(
-                blob, model_name, device=dev, progress=update, threads=threads or None
-            )
-        finally:
-            close()
-        fileio.write_output(o, data, force, like=f)
-        if verbose:
-            click.echo(f"{f}: {len(blob):,} -> {len(data):,} bytes", err=True)
+        with fileio.open_input(f) as fin:
+            update, close = fileio.progress(_original_size(fin, f), quiet, Path(f).name)
+            try:
+                with fileio.open_output(o, force, like=f) as fout:
+                    n = container.decompress_stream(
+                        fin, fout, model_name, device=dev, progress=update, threads=threads or None
+                    )
+            finally:
+                close()
+            if verbose:
+                click.echo(f"{f}: {fin.tell():,} -> {n:,} bytes", err=True)
         if remove:
             fileio.remove_input(f)
 
     for_each_file(zip(files, outs, strict=True), one)
 
 
+def _original_size(fin, f) -> int | None:
+    """The original size a regular .mgz file holds (its frame headers), for the progress
+    bar; None for a pipe. The stream is left at its start."""
+    from megazip import container
+
+    if f == fileio.STDIO or not fin.seekable():
+        return None
+    try:
+        return container.scan(fin).length
+    except container.FormatError:
+        return None  # decompress_stream reports it
+    finally:
+        fin.seek(0)
+
+
+class _Sink:
+    def write(self, b) -> int:
+        return len(b)
+
+
 @main.command("test")
 @click.argument("files", nargs=-1, required=True)
 @options(opt.model(in_file=True), opt.device, opt.threads, opt.quiet)
 def test_cmd(files, model_name, device, threads, quiet):
-    """Verify .mgz files: decompress in memory and check the checksum."""
+    """Verify .mgz files: decompress in memory and check every frame's checksum."""
     from megazip import container
 
-    dev = device  # resolved (importing torch) only if the model runs
+    dev = opt.pick_device(device, lazy=True)
 
     def one(f):
-        blob = fileio.read_input(f)
-        update, close = fileio.progress(container.read_header(blob).length, quiet, Path(f).name)
-        try:
-            container.decompress(
-                blob, model_name, device=dev, progress=update, threads=threads or None
-            )
-        finally:
-            close()
+        with fileio.open_input(f) as fin:
+            update, close = fileio.progress(_original_size(fin, f), quiet, Path(f).name)
+            try:
+                container.decompress_stream(
+                    fin, _Sink(), model_name, device=dev, progress=update, threads=threads or None
+                )
+            finally:
+                close()
         if not quiet:
             click.echo(f"{f}: OK")
 
@@ -189,27 +214,35 @@ def test_cmd(files, model_name, device, threads, quiet):
 @main.command("info")
 @click.argument("files", nargs=-1, required=True)
 def info_cmd(files):
-    """Describe .mgz files: model, sizes, segments."""
+    """Describe .mgz files: frames, models, sizes, segments."""
     from megazip import container
 
     def one(f):
-        blob = fileio.read_input(f)
-        h = container.read_header(blob)
+        with fileio.open_input(f) as fin:
+            h = container.scan(fin)
         methods = [container.METHOD_NAMES[s.method] for s in h.segments]
         by = {m: methods.count(m) for m in container.METHOD_NAMES.values() if m in methods}
-        bpb = 8 * len(blob) / h.length if h.length else 0.0
+        bpb = 8 * h.size / h.length if h.length else 0.0
+        models = {(fr.model_name, fr.model_hash.hex()[:16]) for fr in h.model_frames}
+        lanes = sorted({fr.lanes for fr in h.model_frames})
+        blocks = sum(len(fr.blocks) for fr in h.frames)
         click.echo(f"{f}:")
         click.echo(f"  format version   {container.VERSION}")
-        click.echo(f"  model            {h.model_name} (sha256 {h.model_hash.hex()[:16]}...)")
-        click.echo(f"  original size    {h.length:,} bytes")
-        click.echo(f"  compressed size  {len(blob):,} bytes ({bpb:.3f} bits/byte)")
-        click.echo(f"  header           {h.size:,} bytes")
         click.echo(
-            f"  segments         {len(h.segments)} x {h.segment_size:,} bytes: "
+            "  model            "
+            + (", ".join(f"{n} (sha256 {x}...)" for n, x in sorted(models)) or "none needed")
+        )
+        click.echo(f"  original size    {h.length:,} bytes")
+        click.echo(f"  compressed size  {h.size:,} bytes ({bpb:.3f} bits/byte)")
+        click.echo(f"  frames           {len(h.frames)} (headers {h.header_bytes:,} bytes)")
+        click.echo(
+            f"  segments         {len(h.segments)}: "
             + (", ".join(f"{n} {m}" for m, n in by.items()) or "none")
         )
-        click.echo(f"  lanes per block  {h.lanes} ({len(h.blocks)} model blocks)")
-        click.echo(f"  sha256           {h.sha256.hex()}")
+        if lanes:
+            click.echo(f"  lanes per block  {', '.join(map(str, lanes))} ({blocks} model blocks)")
+        if len(h.frames) == 1:
+            click.echo(f"  crc-32           {h.frames[0].crc:08x}")
 
     for_each_file([(f,) for f in files], one)
 
@@ -223,67 +256,125 @@ def info_cmd(files):
     is_flag=True,
     help="Also score the integer coding model alone and with the adaptive stage.",
 )
+@click.option(
+    "--field",
+    default="text",
+    show_default=True,
+    help="The field (.jsonl) or column (Parquet) that holds each document.",
+)
+@click.option(
+    "--group-by",
+    metavar="FIELD",
+    help="Total .jsonl/Parquet records per value of this field (default: per file; "
+    "files and tar members are totalled per extension).",
+)
+@click.option("--raw", is_flag=True, help="Score .jsonl, .tar and .parquet files as plain bytes.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 1 << 14),
+    default=None,
+    help="Documents scored together as lanes of one batch (default: 16, 256 on CUDA).",
+)
+@click.option(
+    "--lanes",
+    type=click.IntRange(1, 1 << 14),
+    default=1,
+    show_default=True,
+    help="Split each document into this many segments scored as independent streams "
+    "(less context, so more bits; stated in the output).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Arithmetic of the float model.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@click.option("--summary", is_flag=True, help="Table: per-kind and total rows only.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Write a histogram of bits/byte per document to this file (.png, .svg, .pdf).",
+)
 @options(opt.quiet)
-def eval_cmd(paths, model_name, device, use_int, as_json, quiet):
-    """Measure density: bits per byte of a model on files, per file and overall."""
-    from tqdm import tqdm
-
-    from megazip import checkpoint
-    from megazip.data import list_files
-    from megazip.evaluate import FileScore, evaluate, int_code_lengths
-
-    model_name = model_name or checkpoint.DEFAULT_MODEL
-    dev = opt.pick_device(device)
-    # a shipped model may carry only its integer coding model: then score that alone
-    has_float = checkpoint.has_float_weights(model_name)
-    model = checkpoint.load(model_name, dev)[0] if has_float else None
-    use_int = use_int or not has_float
-    int_model = checkpoint.load_int_model(model_name).to(dev) if use_int else None
-    files = list_files(paths)
-    hidden = quiet or not sys.stderr.isatty()
-    bar = tqdm(
-        total=len(files) * (has_float + use_int), unit="file", disable=hidden, file=sys.stderr
+def eval_cmd(
+    paths,
+    model_name,
+    device,
+    use_int,
+    field,
+    group_by,
+    raw,
+    batch,
+    lanes,
+    dtype,
+    as_json,
+    as_csv,
+    summary,
+    plot,
+    quiet,
+):
+    """Measure density: bits per byte of a model on files and datasets (folders, .jsonl,
+    .tar, Parquet), per document, per kind and overall. Under torchrun
+    (torchrun --nproc_per_node=N -m megazip eval ...) the documents are split across the
+    processes and the totals are those of a single process."""
+    from megazip import checkpoint, distributed
+    from megazip.datasets import iter_documents
+    from megazip.evaluate import (
+        format_csv,
+        format_table,
+        plot_histogram,
+        report,
+        score_documents,
     )
-    columns = {}
-    if model is not None:
-        columns["float"] = evaluate(model, files, dev, on_file=lambda s: bar.update(1))
-    if int_model is not None:
-        pairs: list[tuple[float, float]] = []  # (integer model, + adaptive stage) per file
 
-        def score(data):
-            pairs.append(int_code_lengths(int_model, data))
-            return pairs[-1][0]
-
-        scores, total = evaluate(score, files, on_file=lambda s: bar.update(1))
-        columns["int"] = (scores, total)
-        adaptive = [FileScore(s.path, s.bytes, p[1]) for s, p in zip(scores, pairs, strict=True)]
-        columns["adaptive"] = (adaptive, FileScore("total", total.bytes, sum(p[1] for p in pairs)))
-    bar.close()
-    names = list(columns)
-    if as_json:
-
-        def row(scores):
-            return {
-                n: {"bits": s.bits, "bits_per_byte": s.bits_per_byte}
-                for n, s in zip(names, scores, strict=True)
-            }
-
-        per_file = zip(*(columns[n][0] for n in names), strict=True)
-        doc = {
-            "model": model_name,
-            "files": [{"path": s[0].path, "bytes": s[0].bytes, **row(s)} for s in per_file],
-            "total": {"bytes": columns[names[0]][1].bytes, **row([columns[n][1] for n in names])},
-        }
-        click.echo(json.dumps(doc, indent=2))
+    if as_json and as_csv:
+        raise UserError("--json and --csv exclude each other")
+    model_name = model_name or checkpoint.DEFAULT_MODEL
+    world = distributed.join(opt.pick_device(device))
+    try:
+        dev = world.device(opt.pick_device(device))
+        cuda = dev.startswith("cuda")
+        # a shipped model may carry only its integer coding model: then score that alone
+        has_float = checkpoint.has_float_weights(model_name)
+        model = checkpoint.load(model_name, dev)[0] if has_float else None
+        use_int = use_int or not has_float
+        int_model = checkpoint.load_int_model(model_name).to(dev) if use_int else None
+        docs = distributed.shard(iter_documents(paths, field, group_by, raw), world)
+        label = f"rank 0 of {world.size}" if world.size > 1 else "eval"
+        update, close = fileio.progress(None, quiet or not world.is_main, label)
+        try:
+            results = score_documents(
+                docs,
+                model,
+                int_model,
+                dev,
+                batch=batch or (256 if cuda else 16),
+                lanes=lanes,
+                dtype=None if dtype == "float32" else dtype,
+                bucket=16 if cuda else 1,  # pad final chunks on CUDA (float is inexact there)
+                on_bytes=update,
+            )
+        finally:
+            close()
+        gathered = distributed.gather(results, world)
+    finally:
+        distributed.close(world)
+    if not world.is_main:
         return
-    rows = list(zip(*(columns[n][0] + [columns[n][1]] for n in names), strict=True))
-    width = max([len(r[0].path) for r in rows] + [5])
-    head = "".join(f"  {'bits/byte (' + n + ')':>17}" for n in names)
-    click.echo(f"{'file':<{width}}  {'bytes':>10}{head}")
-    for r in rows:
-        cells = "".join(f"  {s.bits_per_byte:>17.3f}" for s in r)
-        click.echo(f"{r[0].path:<{width}}  {r[0].bytes:>10,}{cells}")
+    if not gathered:
+        raise UserError("no documents found in " + ", ".join(paths))
+    doc = report(gathered, model_name, {"lanes": lanes, "dtype": dtype})
+    if plot:
+        plot_histogram(doc, plot)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    elif as_csv:
+        click.echo(format_csv(doc), nl=False)
+    else:
+        click.echo(format_table(doc, documents=not summary))
 
 
 @main.command("bench")

@@ -68,8 +68,12 @@ def options(*opts):
     return wrap
 
 
-def pick_device(name: str) -> str:
-    """The torch device string for a --device choice (auto: cuda if available)."""
+def pick_device(name: str, lazy: bool = False) -> str:
+    """The torch device string for a --device choice (auto: cuda if available). With
+    lazy, "auto" stays "auto" for the library to resolve when it loads a model, so a
+    command that never needs one never imports torch."""
+    if lazy and name == "auto":
+        return name
     from megazip.train import pick_device
 
     return str(pick_device(name))

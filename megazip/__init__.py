@@ -5,14 +5,14 @@
 True
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def compress(data: bytes, model=None, **options) -> bytes:
     """Compress bytes to a .mgz blob (see megazip.container.compress for options)."""
     from . import container
 
-    return container.compress(data, model or container.checkpoint.DEFAULT_MODEL, **options)
+    return container.compress(data, model, **options)
 
 
 def decompress(blob: bytes, model=None, **options) -> bytes:

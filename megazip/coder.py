@@ -43,6 +43,10 @@ def chunk_patches_for(lanes: int, patch: int = 8) -> int:
     return max(1, min(CHUNK_PATCHES, CHUNK_POSITIONS // (max(lanes, 1) * patch)))
 
 
+class CorruptStream(ValueError):
+    """A stream that no encoder wrote: constriction refused it, or its framing is wrong."""
+
+
 def lanes_tensor(segments: list[bytes], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(lanes (B, T) int64 zero-padded to a multiple of `patch`, lengths (B,) int64)."""
     lengths = torch.tensor([len(s) for s in segments], dtype=torch.int64)
@@ -257,14 +261,14 @@ def decode_block(
     depend on it."""
     P = int_model.config.patch_size
     if len(stream) % 4:
-        raise ValueError("corrupt stream: length is not a multiple of 4")
+        raise CorruptStream("corrupt model stream: length is not a multiple of 4")
     record = 0
     if adaptive:  # the block's record length comes first
         if len(stream) < 4:
-            raise ValueError("corrupt stream: no record length")
+            raise CorruptStream("corrupt model stream: no record length")
         record = int.from_bytes(stream[:4], "little")
         if record > adaptive_stage.RECORD_LIMIT:
-            raise ValueError("corrupt stream: record length out of range")
+            raise CorruptStream("corrupt model stream: record length out of range")
         stream = stream[4:]
     words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)  # little-endian on disk
     dec = constriction.stream.queue.RangeDecoder(words)
@@ -303,7 +307,11 @@ def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
                 if models is not None:
                     counts = adaptive_stage.mix(models, counts, act)
                 probs = (counts if n == B else counts[act]).astype(np.float64)
-                sym = dec.decode(FAMILY, probs).astype(np.uint8)
+                try:
+                    sym = dec.decode(FAMILY, probs).astype(np.uint8)
+                except (AssertionError, ValueError, RuntimeError, OverflowError):
+                    # constriction found data no encoder writes with these tables
+                    raise CorruptStream("corrupt model stream") from None
                 if n == B:
                     out[:, t] = sym
                 else:

@@ -1,68 +1,92 @@
-"""The .mgz container: `compress(bytes) -> bytes` and `decompress(bytes) -> bytes`.
+"""The .mgz container: a sequence of independent *frames* (docs/FORMAT.md is the
+byte-for-byte reference).
 
-Layout (little-endian; docs/FORMAT.md is the byte-for-byte reference):
-
-    header   magic "\\x89MGZ", version, flags, model name, model hash, original length,
-             sha256 of the original, segment size, lanes per block, segment table,
-             block table, CRC-32 of the header
+    frame    header: magic "\\x89MGZ", version, flags, frame index, original length,
+             segment size, [adaptive stage, model name, model hash, lanes], segment
+             table, block table, CRC-32 of the frame's original bytes, CRC-32 of the header
     body     payloads of stored and zstd segments in segment order, then one range-coder
              stream per block of model-coded segments
 
-The input is cut into segments of `segment_size` bytes. Each segment is stored raw,
-compressed with zstd, or coded by the model, whichever is smallest; model segments are
-grouped into blocks of consecutive segment indices [b*G, (b+1)*G), and each block's model
-segments are coded in lockstep as the lanes of one stream. When zstd -19 of the whole
-input beats all that, the file is a single zstd segment: megazip is never worse than zstd
--19 (or storing) by more than its header.
+Each frame covers at most MAX_FRAME bytes of input (FRAME_SIZE by default) and decodes on
+its own, so compression and decompression stream (`compress_stream`, `decompress_stream`)
+with memory bounded by the frame, whatever the input size. The last frame of a file has
+the LAST flag, and frames carry their index, so a missing, repeated or reordered frame is
+an error rather than a shorter output.
+
+Inside a frame the input is cut into segments of `segment_size` bytes. Each segment is
+stored raw, compressed with zstd, or coded by the model, whichever is smallest; model
+segments are grouped into blocks of consecutive segment indices [b*G, (b+1)*G), and each
+block's model segments are coded in lockstep as the lanes of one stream. When zstd -19 of
+the whole frame beats all that, the frame is a single zstd segment. A frame in which zstd
+finds nothing to remove anywhere (random or already compressed bytes) is stored without
+loading the model at all.
+
+A reader checks every length against fixed limits and against the bytes actually present
+before it allocates or decodes anything, and every failure is a FormatError (or
+ModelMismatch / checkpoint.ModelNotFound): damaged input never surfaces as another error.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import os
 import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import zstandard
 
-from . import checkpoint
-
-if TYPE_CHECKING:  # torch, numba and the model load only when a segment is model-coded
-    from .intmodel import IntMegabyte
-
 MAGIC = b"\x89MGZ"
-VERSION = 1
-FLAG_ADAPTIVE_V1 = 1  # retired: version 1 of the adaptive stage (refused with a clear error)
-FLAG_ADAPTIVE_V2 = 4  # retired: version 2 of the adaptive stage (refused with a clear error)
-FLAG_ADAPTIVE = 8  # model segments use the adaptive stage (megazip/adaptive.py, version 3)
-RETIRED_FLAGS = {FLAG_ADAPTIVE_V1: 1, FLAG_ADAPTIVE_V2: 2}  # flag -> adaptive stage version
-KNOWN_FLAGS = FLAG_ADAPTIVE | FLAG_ADAPTIVE_V1 | FLAG_ADAPTIVE_V2
+VERSION = 2
+# older format versions -> the megazip release that reads them (formats may change
+# before 1.0: such files are refused with this name)
+OLD_FORMATS = {1: "megazip 0.1.0"}
+FLAG_LAST = 1  # the last frame of the file
+FLAG_MODEL = 2  # the frame has model segments: adaptive stage, model identity, lanes follow
+KNOWN_FLAGS = FLAG_LAST | FLAG_MODEL
+STAGE_NONE = 0  # stage byte of a frame whose model streams do not use the adaptive stage
 STORED, ZSTD, MODEL = 0, 1, 2
 METHOD_NAMES = {STORED: "stored", ZSTD: "zstd", MODEL: "model"}
 ZSTD_LEVEL = 19
-MAX_SEGMENT = 1 << 26  # 64 MiB: largest segment a decoder accepts
-MAX_LANES = 1 << 14
-DEFAULT_LANES = 64  # with --lanes and no --segment-size: segments of n / lanes bytes
-# The default layout (default_layout): segments by input size (LAYOUT_SEGMENTS: up to
-# that many bytes of input, segments of this size; then LAYOUT_SEGMENT), and from two
-# BLOCK_BYTES of input on (up to MAX_BLOCKS of them), the segments spread evenly over
-# several blocks, which --threads codes in parallel. Fewer lanes mean more lockstep
-# decoding steps, each with a fixed cost (a 64 KiB file in 16 KiB segments took 16,384
-# steps of 4 lanes); shorter segments cost a little density, as every lane starts
-# without context (measured on six Canterbury files, 234 KB, against 16 KiB: +1.1 % at
-# 4 KiB, +2.1 % at 2 KiB), so only small inputs, whose bytes weigh little in any total,
-# get the shortest.
+
+# Limits a reader enforces (FORMAT.md, "Limits"); a writer never exceeds them.
+MAX_FRAME = 1 << 26  # original bytes of one frame
+MAX_SEGMENTS = 1 << 16  # segments of one frame
+MAX_LANES = 1 << 10  # lanes (segments) of one block: bounds a decoder's per-lane state
+MAX_RATIO = 256  # a block's lanes hold at most this many bytes per byte of its stream
+MAX_NAME = 255
+# What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
+# adaptive stage's state per lane and its shared tables (at their caps).
+STATE_PER_LANE = 21_000
+STATE_SHARED = 225_000_000
+
+# Writer defaults.
+FRAME_SIZE = 8 << 20  # bytes of input per frame (see FORMAT.md, "Frames": costs ~nothing)
+DEFAULT_LANES = 64  # with --segment-size and no --lanes
+# With --lanes and no --segment-size, segments are at least MIN_SEGMENT bytes.
+MIN_SEGMENT = 16384
+# The default layout (default_layout): segments by frame size (LAYOUT_SEGMENTS: up to
+# that many bytes, segments of this size; then LAYOUT_SEGMENT), and from two BLOCK_BYTES
+# on, one block per whole BLOCK_BYTES, which --threads codes in parallel. Fewer lanes
+# mean more lockstep decoding steps, each with a fixed cost (a 64 KiB file in 16 KiB
+# segments took 16,384 steps of 4 lanes); shorter segments cost a little density, as
+# every lane starts without context (measured on six Canterbury files, 234 KB, against
+# 16 KiB: +1.1 % at 4 KiB, +2.1 % at 2 KiB), so only small inputs, whose bytes weigh
+# little in any total, get the shortest (Canterbury total: +0.24 %).
 LAYOUT_SEGMENTS = ((1 << 16, 2048), (1 << 18, 8192))
 LAYOUT_SEGMENT = 16384
 BLOCK_BYTES = 1 << 20
-MAX_BLOCKS = 16
-# With --lanes and no --segment-size, segments are at least MIN_SEGMENT bytes.
-MIN_SEGMENT = 16384
+SEGMENT_ALIGN = 64  # default segment sizes are multiples of this (of every patch size)
 STREAM_OVERHEAD = 4  # bytes a model segment is assumed to cost beyond its ideal length
+# "the model cannot help": every PROBE_WINDOW of the frame loses less than PROBE_GAIN of
+# its size to zstd at PROBE_LEVEL (random or already compressed bytes)
+PROBE_WINDOW = 1 << 16
+PROBE_LEVEL = 3
+PROBE_GAIN = 0.01
+READ_CHUNK = 1 << 20  # a reader reads at most this much before checking what it got
 
 
 class FormatError(ValueError):
@@ -73,151 +97,322 @@ class ModelMismatch(ValueError):
     """The model at hand is not the one the file was compressed with."""
 
 
+class VerifyError(RuntimeError):
+    """A frame just written did not decode to its input (compress_stream(verify=True))."""
+
+
 @dataclass
 class Segment:
     method: int
     length: int  # original bytes
-    payload: int  # stored/zstd payload bytes (0 for model segments)
+    payload: int  # body bytes: the length (stored), the zstd frame's size, 0 (model)
 
 
 @dataclass
-class Header:
-    model_name: str
-    model_hash: bytes  # 32 bytes
-    length: int
-    sha256: bytes
+class Frame:
+    """The header of one frame."""
+
+    index: int
+    length: int  # original bytes of the frame
+    crc: int  # CRC-32 of the frame's original bytes
     segment_size: int
-    lanes: int  # G: segments per block
     segments: list[Segment]
     blocks: list[int]  # stream bytes of each block that holds model segments
     flags: int = 0
-    size: int = 0  # header bytes, CRC included
+    stage: int = STAGE_NONE  # adaptive stage version of the model streams (0: none)
+    model_name: str = ""
+    model_hash: bytes = b""  # 32 bytes when the frame has model segments
+    lanes: int = 1  # G: segments per block
+    size: int = 0  # header bytes, both CRCs included
+
+    @property
+    def last(self) -> bool:
+        return bool(self.flags & FLAG_LAST)
+
+    @property
+    def body(self) -> int:
+        return sum(s.payload for s in self.segments) + sum(self.blocks)
 
     def block_members(self) -> list[list[int]]:
         """For each block in the block table, the indices of its model segments."""
-        groups = []
-        for b0 in range(0, len(self.segments), self.lanes):
-            members = [
-                i
-                for i in range(b0, min(b0 + self.lanes, len(self.segments)))
-                if self.segments[i].method == MODEL
-            ]
-            if members:
-                groups.append(members)
-        return groups
+        return _block_members([s.method for s in self.segments], self.lanes)
+
+
+@dataclass
+class FileInfo:
+    """What `scan` finds in a .mgz file: its frames' headers."""
+
+    frames: list[Frame]
+    size: int  # bytes of the file
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return sum(f.length for f in self.frames)
+
+    @property
+    def header_bytes(self) -> int:
+        return sum(f.size for f in self.frames)
+
+    @property
+    def model_frames(self) -> list[Frame]:
+        return [f for f in self.frames if f.flags & FLAG_MODEL]
+
+
+def _block_members(methods: list[int], lanes: int) -> list[list[int]]:
+    groups = []
+    for b0 in range(0, len(methods), lanes):
+        members = [i for i in range(b0, min(b0 + lanes, len(methods))) if methods[i] == MODEL]
+        if members:
+            groups.append(members)
+    return groups
 
 
 # ------------------------------------------------------------------------------ header
 
 
-def _pack_header(h: Header) -> bytes:
-    name = h.model_name.encode()[:255]
+def varint(n: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, least significant first, high bit = more."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pack_header(f: Frame) -> bytes:
+    """The header bytes of a frame (both CRCs computed here from f.crc and the bytes)."""
     out = bytearray(MAGIC)
-    out += struct.pack("<BBB", VERSION, h.flags, len(name)) + name + h.model_hash
-    out += struct.pack("<Q", h.length) + h.sha256
-    out += struct.pack("<IHI", h.segment_size, h.lanes, len(h.segments))
-    for s in h.segments:
-        out += struct.pack("<BII", s.method, s.payload, s.length)
-    out += struct.pack("<I", len(h.blocks))
-    for b in h.blocks:
-        out += struct.pack("<I", b)
+    out += bytes([VERSION, f.flags]) + varint(f.index) + varint(f.length)
+    if f.length:
+        out += varint(f.segment_size)
+        if f.flags & FLAG_MODEL:
+            name = f.model_name.encode()[:MAX_NAME]
+            out += bytes([f.stage, len(name)]) + name + f.model_hash + varint(f.lanes)
+        for s in f.segments:
+            out.append(s.method)
+            if s.method == ZSTD:
+                out += varint(s.payload)
+        for b in f.blocks:
+            out += varint(b)
+        out += struct.pack("<I", f.crc)
     out += struct.pack("<I", zlib.crc32(out))
     return bytes(out)
 
 
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
+class _Source:
+    """The bytes of a binary stream, read as they are needed and never more than
+    READ_CHUNK at a time beyond what arrived, so a forged length costs nothing."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.pending, self.log = f, b"", None
 
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise FormatError("truncated file")
-        b = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return b
+        got = bytearray(self.pending[:n])
+        self.pending = self.pending[n:]
+        while len(got) < n:
+            chunk = self.f.read(min(n - len(got), READ_CHUNK))
+            if not chunk:
+                raise FormatError("truncated file")
+            got += chunk
+        if self.log is not None:
+            self.log += got
+        return bytes(got)
 
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+    def skip(self, n: int) -> None:
+        """Pass over n bytes (seeking where the stream can)."""
+        k = min(n, len(self.pending))
+        self.pending, n = self.pending[k:], n - k
+        if n and self.f.seekable():
+            pos = self.f.tell()
+            end = self.f.seek(0, io.SEEK_END)
+            self.f.seek(min(pos + n, end))
+            if pos + n > end:
+                raise FormatError("truncated file")
+            return
+        log, self.log = self.log, None
+        while n:
+            k = min(n, READ_CHUNK)
+            self.take(k)
+            n -= k
+        self.log = log
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self, limit: int) -> int:
+        """A minimal LEB128 integer ≤ limit (< 2^63), else FormatError."""
+        n = shift = 0
+        for i in range(9):
+            b = self.byte()
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if b == 0 and i:
+                    raise FormatError("corrupt header (integer not in its shortest form)")
+                if n > limit:
+                    raise FormatError("corrupt header (a length beyond the format's limits)")
+                return n
+            shift += 7
+        raise FormatError("corrupt header (integer too long)")
+
+    def peek(self, n: int) -> bytes:
+        """Up to n next bytes, left unread."""
+        while len(self.pending) < n:
+            chunk = self.f.read(n - len(self.pending))
+            if not chunk:
+                break
+            self.pending += chunk
+        return self.pending[:n]
+
+    def at_end(self) -> bool:
+        if not self.pending:
+            self.pending = self.f.read(1)
+        return not self.pending
 
 
-def read_header(blob: bytes) -> Header:
-    """Parse and validate the header of a .mgz file. Raises FormatError."""
-    r = _Reader(blob)
-    if len(blob) < 4 or r.take(4) != MAGIC:
+def read_frame(src: _Source, index: int) -> Frame:
+    """Parse and validate the header of frame `index`. Every count and length is checked
+    against the format's limits before anything is sized by it. Raises FormatError."""
+    if src.peek(len(MAGIC)) != MAGIC:
         raise FormatError("not a megazip file (bad magic)")
-    version, flags, n = r.unpack("<BBB")
+    src.log = bytearray()
+    src.take(len(MAGIC))
+    version, flags = src.take(2)
     if version != VERSION:
+        if version in OLD_FORMATS:
+            raise FormatError(
+                f"format version {version} is not read by this megazip (format {VERSION}); "
+                f"decompress it with {OLD_FORMATS[version]}"
+            )
         raise FormatError(f"unsupported format version {version} (this megazip reads {VERSION})")
     if flags & ~KNOWN_FLAGS:
         raise FormatError(f"unsupported feature flags {flags:#04x}")
-    for flag, old in RETIRED_FLAGS.items():
-        if flags & flag:
-            from .adaptive import ADAPTIVE_VERSION
-
-            raise FormatError(
-                f"this file was coded with version {old} of the adaptive stage, which this "
-                f"megazip no longer decodes (it writes version {ADAPTIVE_VERSION})"
-            )
-    name = r.take(n).decode(errors="replace")
-    model_hash = r.take(32)
-    (length,) = r.unpack("<Q")
-    sha = r.take(32)
-    seg_size, lanes, count = r.unpack("<IHI")
-    if not (0 < seg_size <= MAX_SEGMENT and 0 < lanes <= MAX_LANES):
-        raise FormatError("corrupt header (segment size or lane count out of range)")
-    if count * 9 > len(blob) - r.pos:  # never trust a count beyond what the file holds
-        raise FormatError("truncated file")
-    segments = []
-    for _ in range(count):
-        method, payload, seg_len = r.unpack("<BII")
-        if method not in METHOD_NAMES or not 0 < seg_len <= seg_size:
-            raise FormatError("corrupt header (segment table)")
-        if method == MODEL and payload:
-            raise FormatError("corrupt header (segment table)")
-        segments.append(Segment(method, seg_len, payload))
-    (nblocks,) = r.unpack("<I")
-    if nblocks * 4 > len(blob) - r.pos:
-        raise FormatError("truncated file")
-    blocks = [r.unpack("<I")[0] for _ in range(nblocks)]
-    if any(b % 4 for b in blocks):
-        raise FormatError("corrupt header (stream size is not whole 32-bit words)")
-    (crc,) = r.unpack("<I")
-    if crc != zlib.crc32(blob[: r.pos - 4]):
+    got = src.varint(1 << 62)
+    if got != index:
+        raise FormatError(f"frame {got} found where frame {index} belongs: the file is damaged")
+    length = src.varint(MAX_FRAME)
+    fr = Frame(index, length, 0, 0, [], [], flags)
+    if length == 0:
+        if index or flags != FLAG_LAST:
+            raise FormatError("corrupt header (an empty frame that is not a whole empty file)")
+    else:
+        fr.segment_size = src.varint(length)
+        if fr.segment_size == 0:
+            raise FormatError("corrupt header (segment size 0)")
+        count = -(-length // fr.segment_size)
+        if count > MAX_SEGMENTS:
+            raise FormatError("corrupt header (more segments than the format allows)")
+        if flags & FLAG_MODEL:
+            fr.stage = src.byte()
+            _check_stage(fr.stage)
+            fr.model_name = src.take(src.byte()).decode(errors="replace")
+            fr.model_hash = src.take(32)
+            fr.lanes = src.varint(MAX_LANES)
+            if fr.lanes == 0:
+                raise FormatError("corrupt header (0 lanes per block)")
+        for i in range(count):
+            seg_len = min(fr.segment_size, length - i * fr.segment_size)
+            method = src.byte()
+            if method == STORED:
+                payload = seg_len
+            elif method == ZSTD:
+                payload = src.varint(seg_len - 1)  # smaller than storing, or not chosen
+                if payload == 0:
+                    raise FormatError("corrupt header (empty zstd payload)")
+            elif method == MODEL and flags & FLAG_MODEL:
+                payload = 0
+            else:
+                raise FormatError("corrupt header (segment table)")
+            fr.segments.append(Segment(method, seg_len, payload))
+        members = fr.block_members()
+        if bool(members) != bool(flags & FLAG_MODEL):
+            raise FormatError("corrupt header (model flag without model segments)")
+        for group in members:
+            lane_bytes = sum(fr.segments[i].length for i in group)
+            size = src.varint(lane_bytes)  # a stream is never longer than its lanes
+            if size % 4 or size * MAX_RATIO < lane_bytes or (fr.stage and size < 4):
+                raise FormatError("corrupt header (stream size)")
+            fr.blocks.append(size)
+        (fr.crc,) = struct.unpack("<I", src.take(4))
+    header = bytes(src.log)
+    src.log = None
+    (crc,) = struct.unpack("<I", src.take(4))
+    if crc != zlib.crc32(header):
         raise FormatError("corrupt header (CRC mismatch)")
-    h = Header(name, model_hash, length, sha, seg_size, lanes, segments, blocks, flags, r.pos)
-    if sum(s.length for s in segments) != length:
-        raise FormatError("corrupt header (segment lengths do not add up)")
-    if len(h.block_members()) != nblocks:
-        raise FormatError("corrupt header (block table)")
-    body = sum(s.payload for s in segments) + sum(blocks)
-    if h.size + body != len(blob):
-        raise FormatError("truncated file" if h.size + body > len(blob) else "trailing garbage")
-    return h
+    fr.size = len(header) + 4
+    return fr
 
 
-# ------------------------------------------------------------------------------- codec
+def frame_memory(length: int, lanes: int, config, kv_bytes: int = 4) -> int:
+    """An upper bound, in bytes, of what a reader allocates to decode a frame of `length`
+    original bytes whose blocks have `lanes` lanes, with a model of `config` whose KV
+    caches hold `kv_bytes`-byte elements: the frame's data three times over (body,
+    segments, output), decoded bytes and history for B lanes of padded length T (B * T
+    <= 2 * length + B * P), the adaptive stage's per-lane and shared state, and the
+    model's KV caches (2 * layers * (2 * window - 1) * global_dim elements per lane)."""
+    B = min(lanes, MAX_LANES)
+    lane_bytes = 2 * length + B * config.patch_size
+    kv = 2 * config.global_layers * (2 * config.window - 1) * config.global_dim * kv_bytes
+    return 3 * length + 2 * lane_bytes + B * (STATE_PER_LANE + kv) + STATE_SHARED
 
 
-def default_segment_size(n: int, lanes: int, patch: int) -> int:
-    """With a lane count given: segments long enough for context, numerous enough to fill
-    `lanes` lanes."""
+def _check_stage(stage: int) -> None:
+    from .adaptive import ADAPTIVE_VERSION
+
+    if stage not in (STAGE_NONE, ADAPTIVE_VERSION):
+        raise FormatError(
+            f"this file was coded with version {stage} of the adaptive stage, which this "
+            f"megazip does not decode (it decodes version {ADAPTIVE_VERSION})"
+        )
+
+
+def _frames(src: _Source):
+    """Yield the header of every frame of a file (and of files concatenated after it),
+    leaving the source at the frame's body; the caller must consume the body."""
+    index = 0
+    while True:
+        fr = read_frame(src, index)
+        yield fr
+        index += 1
+        if fr.last:
+            if src.at_end():
+                return
+            if src.peek(len(MAGIC)) != MAGIC:
+                raise FormatError("trailing garbage after the last frame")
+            index = 0  # another .mgz file follows (cat a.mgz b.mgz), as with zstd
+
+
+def scan(blob_or_file: bytes | BinaryIO) -> FileInfo:
+    """The headers of every frame (bodies skipped, not decoded). Raises FormatError."""
+    f = io.BytesIO(blob_or_file) if isinstance(blob_or_file, (bytes, bytearray)) else blob_or_file
+    src = _Source(f)
+    frames, size = [], 0
+    for fr in _frames(src):
+        src.skip(fr.body)
+        frames.append(fr)
+        size += fr.size + fr.body
+    return FileInfo(frames, size, [s for fr in frames for s in fr.segments])
+
+
+# ------------------------------------------------------------------------------- write
+
+
+def default_segment_size(n: int, lanes: int) -> int:
+    """Segments long enough for context, numerous enough to fill `lanes` lanes."""
     size = max(MIN_SEGMENT, -(-n // lanes))
-    return min(MAX_SEGMENT, -(-size // patch) * patch)
+    return min(MAX_FRAME, -(-size // SEGMENT_ALIGN) * SEGMENT_ALIGN)
 
 
-def default_layout(n: int, patch: int) -> tuple[int, int]:
-    """(segment size, lanes per block) for an input of n bytes: one block per whole
-    BLOCK_BYTES of input (one below 2 * BLOCK_BYTES), its share of the input in segments
-    of the size LAYOUT_SEGMENTS gives for n (whole patches). Beyond MAX_BLOCKS *
-    BLOCK_BYTES, the layout of before: DEFAULT_LANES segments in one block (so a huge
-    input has few segments, each with its own zstd frame and table entry)."""
-    if n > MAX_BLOCKS * BLOCK_BYTES:
-        return default_segment_size(n, DEFAULT_LANES, patch), DEFAULT_LANES
+def default_layout(n: int) -> tuple[int, int]:
+    """(segment size, lanes per block) for a frame of n bytes: segments of the size
+    LAYOUT_SEGMENTS gives for n, one block below 2 * BLOCK_BYTES, else one block per
+    whole BLOCK_BYTES, the segments spread evenly."""
     seg = next((size for limit, size in LAYOUT_SEGMENTS if n <= limit), LAYOUT_SEGMENT)
-    seg = -(-seg // patch) * patch
+    seg = -(-seg // SEGMENT_ALIGN) * SEGMENT_ALIGN
     blocks = max(1, n // BLOCK_BYTES)
     count = max(1, -(-n // seg))
-    return seg, -(-count // blocks)
+    return seg, min(MAX_LANES, -(-count // blocks))
 
 
 def default_threads() -> int:
@@ -228,106 +423,216 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def compress(
-    data: bytes,
-    model: str | IntMegabyte = checkpoint.DEFAULT_MODEL,
+def compress(data: bytes, model=None, **options) -> bytes:
+    """Compress `data` (see compress_stream for the options) to .mgz bytes."""
+    out = io.BytesIO()
+    compress_stream(io.BytesIO(bytes(data)), out, model, **options)
+    return out.getvalue()
+
+
+def compress_stream(
+    fin: BinaryIO,
+    fout: BinaryIO,
+    model=None,
     *,
     segment_size: int | None = None,
     lanes: int | None = None,
+    frame_size: int | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     stats: dict | None = None,
     adaptive: bool = True,
+    verify: bool = False,
     threads: int | None = 1,
-) -> bytes:
-    """Compress `data` with a model (shipped name, checkpoint path, or IntMegabyte),
-    followed by the adaptive stage unless adaptive=False. The layout is default_layout's
-    unless `segment_size` or `lanes` is given (lanes alone: default_segment_size; a
-    segment size alone: DEFAULT_LANES lanes). `threads` (None: every core) worker
-    processes code the blocks in parallel; the output is the same for any number.
-    `stats`, if given, is filled with: model_bits (ideal code length of the model
-    segments under the final tables), prior_bits (the same under the model alone),
-    model_bytes (their coded size), methods (of each segment), header_bytes and
-    zstd_bytes (zstd -19 of the whole input)."""
-    data = bytes(data)
-    patch, name, model_hash = _model_identity(model)
-    if segment_size is None and lanes is None:
-        seg, lanes = default_layout(len(data), patch)
-    else:
-        lanes = lanes or DEFAULT_LANES
-        seg = segment_size or default_segment_size(len(data), lanes, patch)
-    if not 0 < seg <= MAX_SEGMENT or not 0 < lanes <= MAX_LANES:
-        raise ValueError("segment size or lane count out of range")
-    pieces = [data[i : i + seg] for i in range(0, len(data), seg)]
-    zpieces = [zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(p) for p in pieces]
-    groups = [list(range(b0, min(b0 + lanes, len(pieces)))) for b0 in range(0, len(pieces), lanes)]
-    jobs = [([pieces[i] for i in g], [zpieces[i] for i in g], adaptive) for g in groups]
-    results = _run_blocks(_code_block_job, jobs, model, device, threads, progress)
-    segments, payloads, blocks, streams = [], [], [], []
-    model_bits = prior_total = 0.0
-    for idx, (members, stream, bits, prior, job_hash) in zip(groups, results, strict=True):
-        model_hash = model_hash or job_hash
-        members = [idx[j] for j in members]
-        if members and len(stream) >= 1 << 32:
-            raise ValueError("a block's stream exceeds 4 GiB: use fewer lanes or segments")
-        if members:
-            blocks.append(len(stream))
-            streams.append(stream)
-            model_bits += sum(bits)
-            prior_total += sum(prior)
-        for i in idx:
-            method = MODEL if i in members else _classical(pieces[i], zpieces[i])
-            payload = {MODEL: b"", ZSTD: zpieces[i], STORED: pieces[i]}[method]
-            segments.append(Segment(method, len(pieces[i]), len(payload)))
-            payloads.append(payload)
-    header = Header(
-        name,
-        bytes.fromhex(model_hash),
-        len(data),
-        hashlib.sha256(data).digest(),
-        seg,
-        lanes,
-        segments,
-        blocks,
-        FLAG_ADAPTIVE if adaptive else 0,
-    )
-    blob = _pack_header(header) + b"".join(payloads) + b"".join(streams)
-    whole = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
-    if 0 < len(data) <= MAX_SEGMENT and len(whole) < sum(len(p) for p in payloads) + sum(blocks):
-        # zstd over the whole input beats the segmented result: one zstd segment
-        one = Segment(ZSTD, len(data), len(whole)) if len(whole) < len(data) else None
-        one = one or Segment(STORED, len(data), len(data))
-        header = Header(
-            name, header.model_hash, len(data), header.sha256, max(len(data), 1), 1, [one], []
-        )
-        body = whole if one.method == ZSTD else data
-        blob = _pack_header(header) + body
-        streams, model_bits, prior_total = [], 0.0, 0.0
+) -> int:
+    """Compress the stream `fin` into `fout`, frame by frame, with a model (shipped name,
+    checkpoint path or IntMegabyte; default: the default model, loaded only if a frame
+    needs it), followed by the adaptive stage unless adaptive=False. Memory is bounded by
+    the frame size. Returns the bytes written. `stats`, if given, is filled with:
+    model_bits (ideal code length of the model segments under the final tables),
+    prior_bits (the same under the model alone), model_bytes (their coded size), methods
+    (of each segment), header_bytes, frames, zstd_bytes (zstd -19 of each frame; the fast
+    level for frames the model was not tried on) and length. With verify, every frame is
+    decoded again before it is written and VerifyError raised if it differs. The layout
+    is default_layout's unless `segment_size` or `lanes` is given (lanes alone:
+    default_segment_size; a segment size alone: DEFAULT_LANES lanes). `threads` (None:
+    every core) worker processes code a frame's blocks in parallel, and with threads > 1
+    the model runs a chunk ahead of the adaptive stage; the bytes are the same for any
+    number."""
+    size = frame_size or FRAME_SIZE
+    if segment_size is not None:
+        if not 0 < segment_size <= MAX_FRAME:
+            raise ValueError("segment size out of range")
+        size = min(size, segment_size * MAX_SEGMENTS)
+    if not 0 < size <= MAX_FRAME or not 0 < (lanes or 1) <= MAX_LANES:
+        raise ValueError("frame size or lane count out of range")
+    writer = _Writer(model, segment_size, lanes, device, progress, adaptive, verify, threads)
+    cur, index, written = _read_full(fin, size), 0, 0
+    while True:
+        nxt = _read_full(fin, size) if len(cur) == size else b""
+        blob = writer.frame(cur, index, last=not nxt)
+        fout.write(blob)
+        written += len(blob)
+        if not nxt:
+            break
+        cur, index = nxt, index + 1
     if stats is not None:
-        hdr = read_header(blob)
-        stats.update(
-            model_bits=model_bits,
-            prior_bits=prior_total,
-            model_bytes=sum(hdr.blocks),
-            methods=[METHOD_NAMES[s.method] for s in hdr.segments],
-            header_bytes=hdr.size,
-            zstd_bytes=len(whole),  # zstd -19 of the whole input
+        stats.update(writer.stats, frames=index + 1)
+    return written
+
+
+def _read_full(f: BinaryIO, n: int) -> bytes:
+    """Up to n bytes: fewer only at the end of the stream."""
+    parts, got = [], 0
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def incompressible(data: bytes) -> bool:
+    """The quick "the model cannot help here" decision: zstd at a fast level removes less
+    than PROBE_GAIN of every PROBE_WINDOW of `data` (random or compressed bytes)."""
+    z = zstandard.ZstdCompressor(level=PROBE_LEVEL)
+    for i in range(0, len(data), PROBE_WINDOW):
+        w = data[i : i + PROBE_WINDOW]
+        if len(z.compress(w)) < len(w) * (1 - PROBE_GAIN):
+            return False
+    return True
+
+
+class _Writer:
+    """Codes frames; loads the model the first time a frame needs it."""
+
+    def __init__(
+        self, model, segment_size, lanes, device, progress, adaptive, verify=False, threads=1
+    ):
+        self.model, self.segment_size, self.lanes = model, segment_size, lanes
+        self.device, self.progress, self.adaptive = device, progress, adaptive
+        self.verify, self.threads = verify, threads
+        self.int_model = self.name = None
+        self.stats = dict(
+            model_bits=0.0,
+            prior_bits=0.0,
+            model_bytes=0,
+            methods=[],
+            header_bytes=0,
+            zstd_bytes=0,
+            length=0,
         )
-    return blob
 
+    def frame(self, data: bytes, index: int, last: bool) -> bytes:
+        st = self.stats
+        st["length"] += len(data)
+        crc = zlib.crc32(data)
+        flags = FLAG_LAST if last else 0
+        if not data:
+            fr = Frame(index, 0, 0, 0, [], [], flags)
+            payloads: list[bytes] = []
+            streams: list[bytes] = []
+        elif incompressible(data):
+            fr, payloads = self._plain(data, index, crc, flags)
+            streams = []
+        else:
+            fr, payloads, streams = self._modelled(data, index, crc, flags)
+        header = pack_header(fr)
+        st["header_bytes"] += len(header)
+        st["methods"] += [METHOD_NAMES[s.method] for s in fr.segments]
+        st["model_bytes"] += sum(fr.blocks)
+        blob = header + b"".join(payloads) + b"".join(streams)
+        if self.verify:
+            src = _Source(io.BytesIO(blob))
+            fr = read_frame(src, index)
+            again = _decode_frame(fr, src, self.int_model, self.device, None, {}, self.threads)
+            if again != data:
+                raise VerifyError(f"frame {index} does not decode to its input")
+        return blob
 
-def _model_identity(model) -> tuple[int, str, str | None]:
-    """(patch size, name for the header, content hash or None when not known without
-    loading the model) of a model given to compress(), read from its config alone for a
-    name or path, so that the parent of worker processes never loads torch."""
-    if not isinstance(model, (str, os.PathLike)):  # an IntMegabyte
-        return model.config.patch_size, "custom", model.content_hash()
-    meta = checkpoint.read_meta(model)
-    if "patch_size" not in meta.get("config", {}):  # known only to the integer model's file
-        int_model, name = _int_model(model, "cpu")
-        return int_model.config.patch_size, name, int_model.content_hash()
-    name = str(model).rstrip("/").split("/")[-1].removesuffix(".json")
-    return meta["config"]["patch_size"], name, None
+    def _plain(self, data: bytes, index: int, crc: int, flags: int):
+        """A frame the model is not tried on: each segment stored, or zstd at the fast
+        level where that is smaller."""
+        seg = min(self.segment_size or len(data), len(data))
+        z = zstandard.ZstdCompressor(level=PROBE_LEVEL)
+        segments, payloads = [], []
+        for i in range(0, len(data), seg):
+            piece = data[i : i + seg]
+            zp = z.compress(piece)
+            if len(zp) < len(piece):
+                segments.append(Segment(ZSTD, len(piece), len(zp)))
+                payloads.append(zp)
+            else:
+                segments.append(Segment(STORED, len(piece), len(piece)))
+                payloads.append(piece)
+            if self.progress:
+                self.progress(len(piece))
+        self.stats["zstd_bytes"] += len(z.compress(data))
+        return Frame(index, len(data), crc, seg, segments, [], flags), payloads
+
+    def _load(self):
+        if self.int_model is None:
+            from . import checkpoint
+
+            self.int_model, self.name = _int_model(
+                self.model if self.model is not None else checkpoint.DEFAULT_MODEL, self.device
+            )
+        return self.int_model
+
+    def _modelled(self, data: bytes, index: int, crc: int, flags: int):
+        from .adaptive import ADAPTIVE_VERSION
+
+        int_model = self._load()
+        adaptive, lanes, st = self.adaptive, self.lanes, self.stats
+        if self.segment_size is None and lanes is None:
+            seg, lanes = default_layout(len(data))
+        else:
+            lanes = lanes or DEFAULT_LANES
+            seg = self.segment_size or default_segment_size(len(data), lanes)
+        seg = min(seg, len(data))
+        pieces = [data[i : i + seg] for i in range(0, len(data), seg)]
+        zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        zpieces = [zc.compress(p) for p in pieces]
+        chosen: list[int] = []
+        blocks, streams = [], []
+        model_bits = prior_total = 0.0
+        groups = [
+            list(range(b0, min(b0 + lanes, len(pieces)))) for b0 in range(0, len(pieces), lanes)
+        ]
+        jobs = [([pieces[i] for i in g], [zpieces[i] for i in g], adaptive) for g in groups]
+        results = _run_blocks(_code_block_job, jobs, int_model, self.threads, self.progress)
+        for idx, (local, stream, bits, prior) in zip(groups, results, strict=True):
+            members = [idx[j] for j in local]
+            lane_bytes = sum(len(pieces[i]) for i in members)
+            if not lane_bytes <= len(stream) * MAX_RATIO or len(stream) > lane_bytes:
+                members = []  # outside what a reader accepts (FORMAT.md, "Limits")
+            if members:
+                blocks.append(len(stream))
+                streams.append(stream)
+                model_bits += sum(bits)
+                prior_total += sum(prior)
+            chosen += [MODEL if i in members else _classical(pieces[i], zpieces[i]) for i in idx]
+        payloads = [
+            {MODEL: b"", ZSTD: zpieces[i], STORED: pieces[i]}[m] for i, m in enumerate(chosen)
+        ]
+        segments = [Segment(m, len(pieces[i]), len(payloads[i])) for i, m in enumerate(chosen)]
+        whole = zc.compress(data)
+        st["zstd_bytes"] += len(whole)
+        if len(whole) < sum(len(p) for p in payloads) + sum(blocks):
+            # zstd over the whole frame beats the segmented result: one zstd segment
+            one = Segment(ZSTD, len(data), len(whole))
+            return Frame(index, len(data), crc, len(data), [one], [], flags), [whole], []
+        st["model_bits"] += model_bits
+        st["prior_bits"] += prior_total
+        fr = Frame(index, len(data), crc, seg, segments, blocks, flags)
+        if blocks:
+            fr.flags |= FLAG_MODEL
+            fr.stage = ADAPTIVE_VERSION if adaptive else STAGE_NONE
+            fr.model_name = self.name
+            fr.model_hash = bytes.fromhex(int_model.content_hash())
+            fr.lanes = lanes
+        return fr, payloads, streams
 
 
 def _classical(piece: bytes, zpiece: bytes) -> int:
@@ -335,24 +640,9 @@ def _classical(piece: bytes, zpiece: bytes) -> int:
     return ZSTD if len(zpiece) < len(piece) else STORED
 
 
-def encode_block(*args, **kwargs):
-    """coder.encode_block, imported on first use (torch, numba: only for model coding)."""
-    from . import coder
-
-    return coder.encode_block(*args, **kwargs)
-
-
-def decode_block(*args, **kwargs):
-    """coder.decode_block, imported on first use."""
-    from . import coder
-
-    return coder.decode_block(*args, **kwargs)
-
-
-def _code_block(int_model, pieces, zpieces, adaptive, progress, threads=None):
-    """Code the segments `pieces` of one block: (indices of the model members in
-    `pieces`, their stream, their bits under the final tables, their bits under the prior
-    alone).
+def _code_block(int_model, pieces, zpieces, idx, adaptive, progress, threads=None):
+    """Code the segments `idx` of one block: (model members, their stream, their bits
+    under the final tables, their bits under the prior alone).
 
     A segment is a member if its model cost (bits / 8 + STREAM_OVERHEAD bytes, under the
     stream actually written) is below both its zstd and stored sizes (ties go to zstd or
@@ -360,7 +650,7 @@ def _code_block(int_model, pieces, zpieces, adaptive, progress, threads=None):
     re-coding without the segments that lost can change the members' costs: the block is
     re-coded, and the choice re-checked, until every member still wins (members only
     leave, so this ends; the same input always gives the same result)."""
-    members, coded = list(range(len(pieces))), None
+    members, coded = list(idx), None
     while members:
         prior: list[float] = []
         stream, bits = encode_block(
@@ -382,48 +672,55 @@ def _code_block(int_model, pieces, zpieces, adaptive, progress, threads=None):
     return [], b"", [], []
 
 
+def encode_block(*args, **kwargs):
+    """coder.encode_block, imported on first use (torch, numba: only for model coding)."""
+    from . import coder
+
+    return coder.encode_block(*args, **kwargs)
+
+
 def _code_block_job(int_model, job, progress, threads=1):
     pieces, zpieces, adaptive = job
-    coded = _code_block(int_model, pieces, zpieces, adaptive, progress, threads)
-    return (*coded, int_model.content_hash())
+    return _code_block(
+        int_model, pieces, zpieces, list(range(len(pieces))), adaptive, progress, threads
+    )
 
 
 def _decode_block_job(int_model, job, progress, threads=1):
+    from .coder import CorruptStream, decode_block
+
     stream, lengths, adaptive = job
-    return decode_block(int_model, stream, lengths, progress, adaptive=adaptive)
+    try:
+        return decode_block(int_model, stream, lengths, progress, adaptive=adaptive)
+    except CorruptStream as e:
+        raise FormatError(str(e)) from None
 
 
 # ----------------------------------------------------------------------- worker processes
 # Blocks are independent, so `threads` worker processes code them in parallel, each on
 # one thread (a second thread pool inside a worker would only fight the others: OpenMP
-# barriers on a busy machine, numba's pool slowing torch's int8 GEMM). A worker loads the
-# model once. The bytes do not depend on the number of workers.
-_WORKER: dict = {}
-PARALLEL_MIN_BYTES = 1 << 19  # less model-coded input than this: no workers (their start
-# costs seconds: torch, numba and the model load in each)
+# barriers on a busy machine, numba's pool slowing torch's int8 GEMM). Each worker gets
+# the integer model itself (pickled: the very tables of this process). The bytes do not
+# depend on the number of workers.
+PARALLEL_MIN_BYTES = 1 << 19  # less model input than this: no workers (their start costs
+# seconds: torch, numba and the model load in each)
 ONE_THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "NUMBA_NUM_THREADS": "1",
 }
+_WORKER: dict = {}
 
 
-def _load(model, device: str, header: Header | None):
-    """The integer model for coding (header None) or for decoding `header` (checked)."""
-    return _decoder_model(model, device, header) if header else _int_model(model, device)[0]
-
-
-def _worker_init(model, device: str, header: Header | None) -> None:
+def _worker_init(int_model) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _WORKER["args"] = (model, device, header)
+    _WORKER["model"] = int_model
 
 
 def _worker_run(fn, job):
-    if "model" not in _WORKER:
-        _WORKER["model"] = _load(*_WORKER["args"])
     return fn(_WORKER["model"], job, None)
 
 
@@ -431,15 +728,13 @@ def _job_bytes(fn, job) -> int:
     return sum(map(len, job[0])) if fn is _code_block_job else sum(job[1])
 
 
-def _run_blocks(fn, jobs, model, device, threads, progress, header=None):
-    """[fn(int_model, job, progress) for job in jobs], in `threads` worker processes when
-    there are several jobs and threads > 1 (None: every core), else in this process."""
-    workers = min(default_threads() if threads is None else max(1, threads), len(jobs))
-    if sum(_job_bytes(fn, job) for job in jobs) < PARALLEL_MIN_BYTES:
-        workers = 1
-    if workers <= 1:  # in this process; threads > 1 may still pipeline within a block
-        int_model = _load(model, device, header) if jobs else None
-        n = default_threads() if threads is None else max(1, threads)
+def _run_blocks(fn, jobs, int_model, threads, progress):
+    """[fn(int_model, job, progress, threads) for job in jobs], in worker processes when
+    there are several jobs, threads > 1 (None: every core) and enough bytes, else here
+    (where threads > 1 may still run the model a chunk ahead)."""
+    n = default_threads() if threads is None else max(1, threads)
+    workers = min(n, len(jobs))
+    if workers <= 1 or sum(_job_bytes(fn, job) for job in jobs) < PARALLEL_MIN_BYTES:
         return [fn(int_model, job, progress, n) for job in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -451,7 +746,7 @@ def _run_blocks(fn, jobs, model, device, threads, progress, header=None):
             workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(model, device, header),
+            initargs=(int_model,),
         ) as pool:
             futures = [pool.submit(_worker_run, fn, job) for job in jobs]
             results = []
@@ -468,72 +763,98 @@ def _run_blocks(fn, jobs, model, device, threads, progress, header=None):
                 os.environ[k] = v
 
 
-def _decoder_model(model, device: str, h: Header | None):
-    """The integer model that decodes `h` (checked against its hash when h is given)."""
-    try:
-        int_model, _ = _int_model(model if model is not None else h.model_name, device)
-    except checkpoint.ModelNotFound:
-        if h is None:
-            raise
-        raise checkpoint.ModelNotFound(
-            f"this file needs model {h.model_name!r} (hash {h.model_hash.hex()[:16]}), "
-            "which is not installed; pass --model PATH"
-        ) from None
-    if h is not None and bytes.fromhex(int_model.content_hash()) != h.model_hash:
-        raise ModelMismatch(
-            f"this file needs model {h.model_name!r} with hash {h.model_hash.hex()[:16]}, "
-            f"but the model given has hash {int_model.content_hash()[:16]}"
-        )
-    return int_model
+# -------------------------------------------------------------------------------- read
 
 
-def decompress(
-    blob: bytes,
-    model: str | IntMegabyte | None = None,
+def decompress(blob: bytes, model=None, **options) -> bytes:
+    """Decompress .mgz bytes (see decompress_stream for the options)."""
+    out = io.BytesIO()
+    decompress_stream(io.BytesIO(blob), out, model, **options)
+    return out.getvalue()
+
+
+def decompress_stream(
+    fin: BinaryIO,
+    fout: BinaryIO,
+    model=None,
     *,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
     threads: int | None = 1,
-) -> bytes:
-    """Decompress a .mgz blob. The model defaults to the one named in the header; a model
-    whose content hash differs from the header's is refused (ModelMismatch). `threads`
-    (None: every core) worker processes decode the blocks in parallel. Raises
-    FormatError for damaged input, including a checksum mismatch."""
-    h = read_header(blob)
-    members = h.block_members()
-    pos = h.size
-    out: list[bytes | None] = [None] * len(h.segments)
-    for i, s in enumerate(h.segments):
+) -> int:
+    """Decompress the .mgz stream `fin` into `fout`, frame by frame: each frame is
+    checked (CRC-32 of its bytes) before it is written, so nothing wrong is ever written;
+    a later damaged frame raises after the good ones were. The model defaults to the one
+    each frame names; a model whose content hash differs is refused (ModelMismatch).
+    Raises FormatError for damaged input. Returns the bytes written. `threads` (None:
+    every core) worker processes decode a frame's blocks in parallel."""
+    src = _Source(fin)
+    models: dict[bytes, object] = {}
+    written = 0
+    for fr in _frames(src):
+        data = _decode_frame(fr, src, model, device, progress, models, threads)
+        fout.write(data)
+        written += len(data)
+    return written
+
+
+def _decode_frame(fr: Frame, src: _Source, model, device, progress, models, threads=1):
+    members = fr.block_members()
+    int_model = _model_for(fr, model, device, models) if members else None
+    out: list[bytes] = [b""] * len(fr.segments)
+    for i, s in enumerate(fr.segments):
         if s.method == MODEL:
             continue
-        payload = blob[pos : pos + s.payload]
-        pos += s.payload
-        if s.method == STORED:
-            if len(payload) != s.length:
-                raise FormatError("corrupt stored segment")
-            out[i] = payload
-        else:
-            out[i] = _unzstd(payload, s.length)
+        payload = src.take(s.payload)
+        out[i] = payload if s.method == STORED else _unzstd(payload, s.length)
         if progress:
             progress(s.length)
-    jobs = []
-    for group, size in zip(members, h.blocks, strict=True):
-        lengths = [h.segments[i].length for i in group]
-        jobs.append((blob[pos : pos + size], lengths, bool(h.flags & FLAG_ADAPTIVE)))
-        pos += size
-    lanes = _run_blocks(_decode_block_job, jobs, model, device, threads, progress, h)
-    for group, block in zip(members, lanes, strict=True):
-        for i, lane in zip(group, block, strict=True):
+    adaptive = fr.stage != STAGE_NONE
+    jobs = [
+        (src.take(size), [fr.segments[i].length for i in group], adaptive)
+        for group, size in zip(members, fr.blocks, strict=True)
+    ]
+    results = _run_blocks(_decode_block_job, jobs, int_model, threads, progress)
+    for group, lanes in zip(members, results, strict=True):
+        for i, lane in zip(group, lanes, strict=True):
             out[i] = lane
     data = b"".join(out)
-    if len(data) != h.length or hashlib.sha256(data).digest() != h.sha256:
+    if len(data) != fr.length or zlib.crc32(data) != fr.crc:
         raise FormatError("checksum mismatch: the file is damaged")
     return data
 
 
+def _model_for(fr: Frame, model, device, models):
+    """The integer model a frame needs (loaded once per file), or ModelNotFound /
+    ModelMismatch naming the model and hash the frame needs."""
+    from . import checkpoint
+
+    key = fr.model_hash if model is None else b""
+    if key not in models:
+        try:
+            models[key] = _int_model(model if model is not None else fr.model_name, device)[0]
+        except checkpoint.ModelNotFound:
+            raise checkpoint.ModelNotFound(
+                f"this file needs model {fr.model_name!r} (hash {fr.model_hash.hex()[:16]}), "
+                "which is not installed; pass --model PATH"
+            ) from None
+    int_model = models[key]
+    have = int_model.content_hash()
+    if bytes.fromhex(have) != fr.model_hash:
+        raise ModelMismatch(
+            f"this file needs model {fr.model_name!r} with hash {fr.model_hash.hex()[:16]}, "
+            f"but the model given has hash {have[:16]}"
+        )
+    return int_model
+
+
 def _unzstd(payload: bytes, length: int) -> bytes:
+    """The segment a zstd payload holds. Read through a stream reader, at most one byte
+    beyond `length`: a damaged frame header that claims a huge content size costs no
+    memory (ZstdDecompressor.decompress would allocate the claimed size)."""
     try:
-        data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=length)
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as r:
+            data = r.read(length + 1)
     except zstandard.ZstdError as e:
         raise FormatError(f"corrupt zstd segment ({e})") from None
     if len(data) != length:
@@ -542,7 +863,7 @@ def _unzstd(payload: bytes, length: int) -> bytes:
 
 
 MODEL_CACHE_SIZE = 4  # loaded integer models kept (by file and device), least recent out
-_INT_MODELS: OrderedDict[tuple[str, int, str], IntMegabyte] = OrderedDict()
+_INT_MODELS: OrderedDict = OrderedDict()
 
 
 def clear_model_cache() -> None:
@@ -551,29 +872,26 @@ def clear_model_cache() -> None:
     _INT_MODELS.clear()
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a CUDA GPU is available, else 'cpu' (imports torch: call it
-    only when the model runs); other names are returned as they are."""
-    if device in ("auto", "cuda"):
-        import torch
+def model_identity(model=None, device: str = "cpu") -> tuple[str, str]:
+    """(name, content hash in hex) that a frame coded with `model` names (loads it)."""
+    from . import checkpoint
 
-        if device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but no CUDA GPU is available")
-    return device
+    int_model, name = _int_model(model if model is not None else checkpoint.DEFAULT_MODEL, device)
+    return name, int_model.content_hash()
 
 
-def _int_model(model: str | IntMegabyte, device: str) -> tuple[IntMegabyte, str]:
+def _int_model(model, device: str):
     """(integer model on `device`, name for the header). An IntMegabyte given is used as
     it is (its kernels too) when on `device`, else a moved copy: the caller's object is
     never changed. Models loaded by name or path are cached (at most MODEL_CACHE_SIZE,
     keyed by file, modification time and device; clear_model_cache() empties it)."""
     import torch
 
+    from . import checkpoint
     from .intmodel import IntMegabyte
 
-    device = resolve_device(device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if isinstance(model, IntMegabyte):
         on_device = model.device == torch.device(device)
         return (model if on_device else model.to(device)), "custom"

@@ -1,18 +1,38 @@
-"""Density evaluation: bits per byte of a model on files, teacher-forced.
+"""Density evaluation: bits per byte of a model on files and datasets, teacher-forced.
 
-Each file is scored as one stream from its first byte: the global model is run in chunks
-with its key/value cache, so every byte sees the model's full context (the W patches
-before it), exactly as the coder does. A file whose length is not a multiple of P is
-padded with zeros; padding bytes are not scored.
+Each document is scored as one stream from its first byte: the global model runs in chunks
+of CHUNK_PATCHES patches with its key/value cache, so every byte sees the model's full
+context (the W patches before it), exactly as `Megabyte.stream_logits` and the coder do.
+A document whose length is not a multiple of P is padded with zeros; padding bytes are not
+scored.
+
+The streaming scorer (`float_scores`) reads each document piece by piece and keeps only
+one chunk's logits and the KV caches, so memory does not grow with a document's length.
+Its bits are *exactly* those of `float_bits`, the one-shot definition (the whole logits
+tensor and F.cross_entropy(reduction="sum")): the float32 log-probabilities are the same
+numbers, and `NllSum` adds them in the order and grouping torch's CPU cross-entropy uses.
+
+Documents are scored together as lanes of one batch. A batch only ever holds lanes whose
+tensors have the same shape (same chunk length and cache length; documents are never
+padded to each other), so on the CPU a document's bits do not depend on its batch-mates
+or the batch size: batched and one-at-a-time results are identical (tested). On CUDA,
+float GEMMs depend on the batch shape and final chunks may be padded (`bucket`) to batch
+better, so there results agree with the CPU's only to float rounding. `lanes` > 1 splits
+each document into that many segments scored as independent streams: each restarts
+without context, which changes (raises) the result; reports say so.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba as nb
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +47,7 @@ class FileScore:
     path: str
     bytes: int
     bits: float  # ideal code length: sum of -log2 p(byte)
+    kind: str = ""
 
     @property
     def bits_per_byte(self) -> float:
@@ -51,28 +72,235 @@ def float_bits(model: Megabyte, data: bytes, device="cpu") -> float:
     return F.cross_entropy(logits, x[0, : len(data)], reduction="sum").item() / LN2
 
 
+CHUNK_PATCHES = 256  # patches per global step, as Megabyte.stream_logits (part of the result)
+# Chunks shorter than this run alone: CPU GEMMs of fewer than 12 rows round differently
+# from the same rows in a larger GEMM (measured), so a short chunk's result would depend on
+# its batch-mates. From 12 rows up, a row's result did not depend on the row count.
+MIN_BATCH_PATCHES = 16
+_LEVELS = 8  # levels of torch's cascaded sum in the CPU nll_loss
+
+_jit = nb.njit(cache=True, nogil=True)
+
+
+@_jit
+def _cascade_add(logp, partial, start, power):  # pragma: no cover - compiled
+    mask = (1 << power) - 1
+    for i in range(logp.shape[0]):
+        b = start + i
+        partial[0] -= logp[i]
+        for j in range(_LEVELS - 1):
+            if b & (mask << (j * power)):
+                break
+            partial[j + 1] += partial[j]
+            partial[j] = 0
+
+
+class NllSum:
+    """The float32 sum of -log p over the n positions of one document, fed in pieces, with
+    the result of torch's CPU `nll_loss(reduction="sum")` over all n at once, bit for bit:
+    that kernel adds into 8 levels of partial sums, level j flushed into level j + 1 after
+    position b when b is a multiple of 2^(power (j + 1)), power = max(4, ceil(log2 n) // 8),
+    and sums the levels last. Only the total length n needs to be known in advance."""
+
+    def __init__(self, n: int):
+        self.power = max(4, (n - 1).bit_length() // _LEVELS) if n > 1 else 4
+        self.partial = np.zeros(_LEVELS, np.float32)
+        self.count = 0
+
+    def add(self, logp: np.ndarray) -> None:
+        """Add the float32 log-probabilities of the next positions."""
+        _cascade_add(np.ascontiguousarray(logp, np.float32), self.partial, self.count, self.power)
+        self.count += len(logp)
+
+    def total(self) -> float:
+        acc = np.float32(0.0)
+        for p in self.partial:
+            acc = np.float32(acc + p)
+        return float(acc)
+
+
+@dataclass
+class _Lane:
+    """One segment in flight: its reader, its progress and its KV caches."""
+
+    key: tuple[int, int]  # (document number, segment number)
+    reader: object
+    size: int  # bytes
+    patches: int
+    acc: NllSum
+    done: int = 0  # patches scored
+    last: torch.Tensor | None = None  # the last patch of the previous chunk (P,)
+    caches: list | None = None  # per global layer (k, v), each (1, H, S, hd)
+
+    def signature(self, bucket: int) -> tuple:
+        """Lanes with equal signatures run as one batch: (first chunk, cache length, chunk
+        patches, and the lane itself for a short chunk that must run alone)."""
+        n = min(CHUNK_PATCHES, self.patches - self.done)
+        if n < CHUNK_PATCHES and bucket > 1:  # a final chunk: may be padded to batch better
+            n = min(-(-n // bucket) * bucket, CHUNK_PATCHES)
+        alone = self.key if n < MIN_BATCH_PATCHES else None
+        return self.done == 0, 0 if self.caches is None else self.caches[0][0].shape[2], n, alone
+
+
+def segment_bounds(size: int, lanes: int, patch_size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the segments a document of `size` bytes is split into when
+    scored as `lanes` lanes: equal lengths, a multiple of P, the last one shorter."""
+    if lanes <= 1 or size == 0:
+        return [(0, size)]
+    per_lane = -(-size // lanes)
+    step = -(-per_lane // patch_size) * patch_size
+    return [(o, min(step, size - o)) for o in range(0, size, step)]
+
+
+def _read_exact(f, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        piece = f.read(n - len(out))
+        if not piece:
+            raise ValueError(f"{getattr(f, 'name', 'input')}: shorter than announced")
+        out += piece
+    return bytes(out)
+
+
+@torch.no_grad()
+def _step(model: Megabyte, group: list[_Lane], n: int, first: bool, device, autocast) -> int:
+    """Score the next chunk (n patches, zero-padded) of every lane in `group`, which all
+    have the same signature; returns the bytes scored."""
+    P = model.config.patch_size
+    buf = np.zeros((len(group), n * P), np.uint8)
+    valid = []
+    for j, lane in enumerate(group):
+        v = min(n * P, lane.size - lane.done * P)
+        buf[j, :v] = np.frombuffer(_read_exact(lane.reader, v), np.uint8)
+        valid.append(v)
+    chunk = torch.from_numpy(buf).long().view(len(group), n, P).to(device)
+    caches = None
+    if first:
+        inp = chunk
+    else:
+        prev = torch.stack([lane.last for lane in group])[:, None]
+        inp = torch.cat([prev, chunk[:, :-1]], dim=1)
+        caches = model.new_caches()
+        for i, c in enumerate(caches):
+            c.k = torch.cat([lane.caches[i][0] for lane in group])
+            c.v = torch.cat([lane.caches[i][1] for lane in group])
+    if caches is None:
+        caches = model.new_caches()
+    with autocast():
+        ctx = model.global_context(inp, caches, first=first)
+        logits = model.local_logits(chunk, ctx)
+    logp = F.log_softmax(logits.float().reshape(-1, 256), dim=1)
+    logp = logp.gather(1, chunk.reshape(-1, 1)).view(len(group), n * P).cpu().numpy()
+    for j, lane in enumerate(group):
+        lane.acc.add(logp[j, : valid[j]])
+        real = -(-valid[j] // P)
+        lane.done += real
+        lane.last = chunk[j, real - 1]
+        lane.caches = [(c.k[j : j + 1], c.v[j : j + 1]) for c in caches]
+    return sum(valid)
+
+
+def _autocast(device, dtype):
+    dev = torch.device(device)
+    if dtype in (None, torch.float32, "float32"):
+        return lambda: torch.autocast(dev.type, enabled=False)
+    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return lambda: torch.autocast(dev.type, dtype=dt)
+
+
+def float_scores(
+    model: Megabyte,
+    docs: Iterable,
+    device="cpu",
+    batch: int = 16,
+    lanes: int = 1,
+    dtype=None,
+    bucket: int = 1,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, float]]:
+    """Bits (ideal code length) of each document under the float model, streamed: yields
+    (number of the document in `docs`, bits) as documents finish, not in order. `docs`
+    holds Documents (megazip.datasets) or bytes. Up to `batch` segments are in flight as
+    lanes; each document is one segment unless `lanes` > 1. With dtype=None (float32) and
+    bucket=1 the bits are exactly float_bits' (float_bits of each segment, summed)."""
+    from .datasets import Document
+
+    model = model.to(device).eval()
+    autocast = _autocast(device, dtype)
+    P = model.config.patch_size
+    pending: dict[int, list] = {}  # document number -> bits of its segments (None: running)
+    flight: list[_Lane] = []
+
+    def segments():
+        for d, doc in enumerate(docs):
+            if not isinstance(doc, Document):
+                doc = Document.from_bytes(str(d), bytes(doc))
+            bounds = segment_bounds(doc.size, lanes, P)
+            pending[d] = [None] * len(bounds)
+            for s, (offset, size) in enumerate(bounds):
+                yield (d, s), doc, offset, size
+
+    def finish(key, bits):
+        d, s = key
+        pending[d][s] = bits
+        if all(b is not None for b in pending[d]):
+            yield d, sum(pending.pop(d))
+
+    source = segments()
+    while True:
+        while len(flight) < batch:
+            item = next(source, None)
+            if item is None:
+                break
+            key, doc, offset, size = item
+            if size == 0:
+                yield from finish(key, 0.0)
+                continue
+            reader = doc.open()
+            if offset:
+                reader.seek(offset)
+            flight.append(_Lane(key, reader, size, -(-size // P), NllSum(size)))
+        if not flight:
+            return
+        groups: dict[tuple, list[_Lane]] = {}
+        for lane in flight:
+            groups.setdefault(lane.signature(bucket), []).append(lane)
+        (first, _, n, _), group = max(groups.items(), key=lambda kv: len(kv[1]))
+        scored = _step(model, group, n, first, device, autocast)
+        if on_bytes:
+            on_bytes(scored)
+        for lane in group:
+            if lane.done == lane.patches:
+                flight.remove(lane)
+                lane.reader.close()
+                yield from finish(lane.key, lane.acc.total() / LN2)
+
+
 def evaluate(
     model: Megabyte | Callable[[bytes], float],
     paths,
     device="cpu",
     on_file: Callable[[FileScore], None] | None = None,
 ) -> tuple[list[FileScore], FileScore]:
-    """Score every file under `paths`. `model` is a float Megabyte or any function
-    bytes -> bits. Returns (per-file scores, total), the total bytes-weighted."""
-    if isinstance(model, Megabyte):
-        float_model = model.to(device).eval()
+    """Score every file under `paths`. `model` is a float Megabyte (scored streaming, one
+    file at a time) or any function bytes -> bits. Returns (per-file scores, total), the
+    total bytes-weighted."""
+    from .datasets import extension, file_document
 
-        def bits_of(data):
-            return float_bits(float_model, data, device)
-    else:
-        bits_of = model
+    files = list_files(paths)
     scores = []
-    for f in list_files(paths):
-        data = Path(f).read_bytes()
-        s = FileScore(str(f), len(data), bits_of(data))
-        scores.append(s)
-        if on_file:
-            on_file(s)
+    if isinstance(model, Megabyte):
+        docs = [file_document(Path(f)) for f in files]
+        for d, bits in float_scores(model, docs, device, batch=1):
+            scores.append(FileScore(str(files[d]), docs[d].size, bits, docs[d].kind))
+            if on_file:
+                on_file(scores[-1])
+    else:
+        for f in files:
+            data = Path(f).read_bytes()
+            scores.append(FileScore(str(f), len(data), model(data), extension(Path(f).name)))
+            if on_file:
+                on_file(scores[-1])
     total = FileScore("total", sum(s.bytes for s in scores), sum(s.bits for s in scores))
     return scores, total
 
@@ -94,3 +322,171 @@ def int_bits(int_model, data: bytes, adaptive: bool = False) -> float:
     """Ideal code length of `data` in bits under the integer coding model (one segment),
     after the adaptive stage if `adaptive` (see int_code_lengths)."""
     return int_code_lengths(int_model, data)[1 if adaptive else 0]
+
+
+# ---------------------------------------------------------------- datasets and reports
+
+
+@dataclass
+class DocResult:
+    """Scores of one document: bits per column ("float", "int", "adaptive")."""
+
+    index: int  # position of the document in the whole input (all ranks)
+    name: str
+    kind: str
+    bytes: int
+    bits: dict[str, float] = field(default_factory=dict)
+
+
+def score_documents(
+    docs: Iterable[tuple[int, object]],
+    float_model: Megabyte | None = None,
+    int_model=None,
+    device="cpu",
+    batch: int = 16,
+    lanes: int = 1,
+    dtype=None,
+    bucket: int = 1,
+    on_bytes: Callable[[int], None] | None = None,
+) -> list[DocResult]:
+    """Score (number, Document) pairs with the float model (streamed, batched) and/or the
+    integer coding model and its adaptive stage (`int_code_lengths`, one document at a
+    time, each segment as one lane). Returns the results in document order."""
+    results: dict[int, DocResult] = {}
+    order: list[int] = []
+    P = (float_model or int_model).config.patch_size
+
+    def feed():
+        for index, doc in docs:
+            r = results[index] = DocResult(index, doc.name, doc.kind, doc.size)
+            order.append(index)
+            if int_model is not None:
+                data = doc.read()
+                prior = final = 0.0
+                for o, n in segment_bounds(len(data), lanes, P):
+                    p, f = int_code_lengths(int_model, data[o : o + n]) if n else (0.0, 0.0)
+                    prior, final = prior + p, final + f
+                r.bits["int"], r.bits["adaptive"] = prior, final
+                if float_model is None and on_bytes:
+                    on_bytes(doc.size)
+            yield doc
+
+    if float_model is None:
+        for _ in feed():
+            pass
+    else:
+        stream = float_scores(float_model, feed(), device, batch, lanes, dtype, bucket, on_bytes)
+        for d, bits in stream:
+            r = results[order[d]]
+            r.bits = {"float": bits, **r.bits}
+    return [results[i] for i in sorted(results)]
+
+
+def _cell(bits: float, n: int) -> dict:
+    return {"bits": bits, "bits_per_byte": bits / n if n else 0.0}
+
+
+def _totals(rows: list[DocResult], columns: list[str]) -> dict:
+    n = sum(r.bytes for r in rows)
+    out = {"documents": len(rows), "bytes": n}
+    for c in columns:
+        out[c] = _cell(sum(r.bits[c] for r in rows), n)
+    return out
+
+
+def report(results: list[DocResult], model: str, settings: dict | None = None) -> dict:
+    """The JSON-able report: settings, per document, per kind and total. Totals are sums
+    in document order, so they do not depend on how the work was split."""
+    results = sorted(results, key=lambda r: r.index)
+    columns = [c for c in ("float", "int", "adaptive") if results and c in results[0].bits]
+    by_kind: dict[str, list[DocResult]] = {}
+    for r in results:
+        by_kind.setdefault(r.kind, []).append(r)
+    return {
+        "model": model,
+        **(settings or {}),
+        "files": [
+            {"path": r.name, "bytes": r.bytes, "kind": r.kind}
+            | {c: _cell(r.bits[c], r.bytes) for c in columns}
+            for r in results
+        ],
+        "kinds": {k: _totals(v, columns) for k, v in sorted(by_kind.items())},
+        "total": _totals(results, columns),
+    }
+
+
+def _columns(doc: dict) -> list[str]:
+    return [c for c in ("float", "int", "adaptive") if c in doc["total"]]
+
+
+def lanes_note(lanes: int) -> str:
+    return (
+        f"lanes: {lanes} (each document is split into {lanes} segments scored as "
+        "independent streams: less context than one stream, so more bits)"
+    )
+
+
+def format_table(doc: dict, documents: bool = True) -> str:
+    """A text table: one row per document (unless documents=False), per kind when there
+    are several, and the total last."""
+    cols = _columns(doc)
+    rows = [(f["path"], f) for f in doc["files"]] if documents else []
+    if len(doc["kinds"]) > 1:
+        rows += [(f"kind {k}", v) for k, v in doc["kinds"].items()]
+    rows.append(("total", doc["total"]))
+    width = max([len(name) for name, _ in rows] + [5])
+    head = "".join(f"  {'bits/byte (' + c + ')':>17}" for c in cols)
+    lines = [f"note: {lanes_note(doc['lanes'])}"] if doc.get("lanes", 1) > 1 else []
+    lines.append(f"{'file':<{width}}  {'bytes':>10}{head}")
+    for name, r in rows:
+        cells = "".join(f"  {r[c]['bits_per_byte']:>17.3f}" for c in cols)
+        lines.append(f"{name:<{width}}  {r['bytes']:>10,}{cells}")
+    return "\n".join(lines)
+
+
+def format_csv(doc: dict) -> str:
+    """CSV: scope (document, kind, total), name, kind, bytes, then bits and bits/byte per
+    column; floats written in full (repr)."""
+    cols = _columns(doc)
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["scope", "name", "kind", "bytes"] + [f"{c}_{m}" for c in cols for m in _METRICS])
+    rows = [("document", f["path"], f["kind"], f) for f in doc["files"]]
+    rows += [("kind", k, k, v) for k, v in doc["kinds"].items()]
+    rows.append(("total", "total", "", doc["total"]))
+    for scope, name, kind, r in rows:
+        cells = [repr(r[c][m]) for c in cols for m in _METRICS]
+        w.writerow([scope, name, kind, r["bytes"], *cells])
+    return out.getvalue()
+
+
+_METRICS = ("bits", "bits_per_byte")
+
+
+def plot_histogram(doc: dict, path) -> Path:
+    """A histogram of bits/byte per document (one series per column) written to `path`
+    (.png, .svg or .pdf). Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib (pip install 'megazip[plot]')") from None
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c in _columns(doc):
+        values = [f[c]["bits_per_byte"] for f in doc["files"] if f["bytes"]]
+        ax.hist(values, bins=min(50, max(5, len(values) // 4)), alpha=0.6, label=c)
+    total = doc["total"]
+    ax.set_xlabel("bits per byte")
+    ax.set_ylabel("documents")
+    ax.set_title(
+        f"{doc['model']}: {total['documents']:,} documents, {total['bytes']:,} bytes"
+        + (f", lanes {doc['lanes']}" if doc.get("lanes", 1) > 1 else "")
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

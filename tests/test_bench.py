@@ -170,11 +170,13 @@ def test_megazip_row_is_a_real_round_trip(report, corpus, model_dir):
         assert salad["model_bytes"] == pytest.approx(salad["model_bits"] / 8, rel=0.05, abs=16)
     from megazip import container
 
-    h = container.read_header(megazip.compress(b"x", str(model_dir)))
+    text = b"the model codes this text " * 40
+    h = container.scan(megazip.compress(text, str(model_dir), segment_size=len(text)))
+    assert h.model_frames, "the text should be coded by the model"
     assert report["model"] == {
         "name": model_dir.name,
         "source": str(model_dir),
-        "hash": h.model_hash.hex(),
+        "hash": h.model_frames[0].model_hash.hex(),
         "device": "cpu",
     }
 

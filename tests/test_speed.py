@@ -41,7 +41,8 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 def test_decompressing_stored_or_zstd_imports_neither_torch_nor_numba(rand, tmp_path, kind):
     data = bytes(range(256)) * 64 if kind == "zstd" else __import__("os").urandom(5000)
     blob = container.compress(data, rand)
-    methods = {container.METHOD_NAMES[s.method] for s in container.read_header(blob).segments}
+    info = container.scan(blob)
+    methods = {container.METHOD_NAMES[s.method] for f in info.frames for s in f.segments}
     assert methods == {kind}
     packed = tmp_path / "x.mgz"
     packed.write_bytes(blob)
@@ -64,7 +65,7 @@ def test_output_is_identical_for_any_number_of_threads(trained, monkeypatch):
     data = word_text(3, 6000) + bytes(range(256)) * 4
     layout = {"segment_size": 700, "lanes": 3}  # 10 segments: 4 blocks
     one = container.compress(data, trained, threads=1, **layout)
-    assert len(container.read_header(one).blocks) >= 3
+    assert len(container.scan(one).frames[0].blocks) >= 3
     assert container.compress(data, trained, threads=2, **layout) == one
     monkeypatch.setattr(container, "PARALLEL_MIN_BYTES", 1 << 40)  # in this process
     assert container.compress(data, trained, threads=2, **layout) == one  # model ahead
@@ -101,18 +102,30 @@ def ceil_div(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def test_default_layout_by_input_size():
-    P = 8
-    assert container.default_layout(0, P) == (2048, 1)
-    assert container.default_layout(1024, P) == (2048, 1)
-    assert container.default_layout(1 << 16, P) == (2048, 32)  # small: 32 lanes
-    assert container.default_layout(150_000, P) == (8192, 19)
-    assert container.default_layout(769_000, P) == (16384, 47)  # one block below 2 MiB
-    assert container.default_layout(3 << 20, P) == (16384, 64)  # three blocks of 1 MiB
-    assert container.default_layout(64 << 20, P) == (1 << 20, 64)  # huge: as before
-    for n in (1, 5000, 1 << 20, 3 << 20, 16 << 20, (16 << 20) + 1, 1 << 30, 1 << 36):
-        seg, lanes = container.default_layout(n, P)
+def test_default_layout_by_frame_size():
+    assert container.default_layout(0) == (2048, 1)
+    assert container.default_layout(1024) == (2048, 1)
+    assert container.default_layout(1 << 16) == (2048, 32)  # small: 32 lanes
+    assert container.default_layout(150_000) == (8192, 19)
+    assert container.default_layout(769_000) == (16384, 47)  # one block below 2 MiB
+    assert container.default_layout(3 << 20) == (16384, 64)  # three blocks of 1 MiB
+    for n in (1, 5000, 1 << 20, 3 << 20, container.FRAME_SIZE, container.MAX_FRAME):
+        seg, lanes = container.default_layout(n)
         blocks = ceil_div(ceil_div(n, seg), lanes)
-        assert seg % P == 0 and 0 < seg <= container.MAX_SEGMENT
+        assert seg % container.SEGMENT_ALIGN == 0 and 0 < seg <= container.MAX_FRAME
         assert 0 < lanes <= container.MAX_LANES
-        assert blocks <= max(container.MAX_BLOCKS, ceil_div(n, seg * lanes))
+        assert ceil_div(n, seg) <= container.MAX_SEGMENTS
+        assert blocks <= max(1, n // container.BLOCK_BYTES) + 1
+
+
+def test_many_lanes_code_in_smaller_chunks_with_the_same_stream(trained):
+    from megazip import coder
+
+    assert coder.chunk_patches_for(1) == coder.CHUNK_PATCHES
+    assert coder.chunk_patches_for(32) == coder.CHUNK_POSITIONS // (32 * 8)
+    assert coder.chunk_patches_for(1000) == 1
+    lanes = [word_text(i, 40 + 7 * i) for i in range(130)]  # 130 lanes: 1-patch chunks
+    auto, bits = coder.encode_block(trained, lanes)
+    fixed, fixed_bits = coder.encode_block(trained, lanes, chunk_patches=coder.CHUNK_PATCHES)
+    assert auto == fixed
+    assert coder.decode_block(trained, auto, [len(x) for x in lanes]) == lanes

@@ -201,13 +201,13 @@ def megazip_codec(model: str, device: str, ideal: bool, first: bytes) -> tuple[C
     blob = compress(sample)
     if decompress(blob) != sample:
         raise RuntimeError("megazip round trip failed on the warm-up input")
-    h = container.read_header(blob)
+    name, content_hash = container.model_identity(model, device)
     codec = Codec(
         "megazip",
-        f"megazip: model {h.model_name}, default layout, one thread, device {device}",
+        f"megazip: model {name}, default layout, one thread, device {device}",
         compress,
         decompress,
         runs=1,
         extra=extra,
     )
-    return codec, {"name": h.model_name, "source": str(model), "hash": h.model_hash.hex()}
+    return codec, {"name": name, "source": str(model), "hash": content_hash}
