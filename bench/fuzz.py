@@ -258,7 +258,8 @@ def run_case(blob: bytes, original: bytes, model, limit: float) -> tuple[str, st
     except Timeout:
         return "hang", ""
     except EXPECTED as e:
-        return "error", re.sub(r"[0-9a-f]{8,}|\d+", "N", str(e).split("(")[0].strip())[:60]
+        message = str(e).split("(")[0].strip()
+        return "error", re.sub(r"0x[0-9a-f]+|[0-9a-f]{8,}|\d+", "N", message)[:60]
     except Exception as e:  # noqa: BLE001 - the fuzzer's subject
         return "traceback", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
     finally:
