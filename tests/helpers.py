@@ -83,6 +83,20 @@ def random_int_model(seed: int = 0, scale: float = 0.2) -> IntMegabyte:
     return clone(_random_int_model(seed, scale))
 
 
+def fit_briefly(model: Megabyte, data: torch.Tensor, steps: int) -> Megabyte:
+    """Train `model` for `steps` AdamW steps (lr 3e-3) on batches of 8 random 64-byte
+    windows of `data` (1-D int64), drawing from torch's global RNG; returns it in eval mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - 64, (8,))
+        x = torch.stack([data[s : s + 64] for s in starts])
+        _, loss = model(x, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 @functools.lru_cache(maxsize=2)
 def _trained_pair(seed: int = 0, steps: int = 150):
     """A test-preset float model trained briefly on word_text, and its integer model."""
@@ -92,15 +106,7 @@ def _trained_pair(seed: int = 0, steps: int = 150):
         torch.manual_seed(seed)
         data = torch.tensor(list(word_text(1000 + seed, 20000)))
         m = Megabyte(CFG)
-        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-        for _ in range(steps):
-            starts = torch.randint(0, len(data) - 64, (8,))
-            x = torch.stack([data[s : s + 64] for s in starts])
-            _, loss = m(x, x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        m.eval()
+        fit_briefly(m, data, steps)
         calibration = torch.stack([data[s : s + 64] for s in range(0, 64 * 16, 64)])
         return m, export(m, calibration)
     finally:

@@ -22,7 +22,7 @@ import torch
 import zstandard
 from click.testing import CliRunner
 from conftest import megazip_cmd
-from helpers import word_text
+from helpers import fit_briefly, word_text
 from megazip.cli.main import main as cli
 
 import megazip
@@ -78,15 +78,7 @@ def model_dir(tmp_path_factory):
         torch.manual_seed(0)
         data = torch.tensor(list(word_text(1, 20000)))
         m = Megabyte(PRESETS["test"])
-        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-        for _ in range(150):
-            starts = torch.randint(0, len(data) - 64, (8,))
-            x = torch.stack([data[s : s + 64] for s in starts])
-            _, loss = m(x, x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        m.eval()
+        fit_briefly(m, data, 150)
         folder = tmp_path_factory.mktemp("model")
         checkpoint.save(folder, m)
         calibration = torch.stack([data[s : s + 64] for s in range(0, 64 * 16, 64)])

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import fit_briefly
 
 from megazip.model import PRESETS, Megabyte, MegabyteConfig
 
@@ -68,15 +69,7 @@ def test_a_few_hundred_steps_learn_a_repetitive_text():
     m = Megabyte(CFG)
     text = b"the quick brown fox jumps over the lazy dog. " * 40
     data = torch.tensor(list(text))
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    for _ in range(300):
-        starts = torch.randint(0, len(data) - 64, (8,))
-        x = torch.stack([data[s : s + 64] for s in starts])
-        _, loss = m(x, x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    m.eval()
+    fit_briefly(m, data, 300)
     with torch.no_grad():
         x = data[:256].view(4, 64)
         _, loss = m(x, x)
