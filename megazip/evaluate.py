@@ -27,6 +27,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +130,8 @@ class _Lane:
     size: int  # bytes
     patches: int
     acc: NllSum
-    done: int = 0  # patches scored
+    done: int = 0  # patches through the global model
+    queued: int = 0  # steps whose local pass is not yet added to acc
     last: torch.Tensor | None = None  # the last patch of the previous chunk (P,)
     caches: list | None = None  # per global layer (k, v), each (1, H, S, hd)
 
@@ -162,42 +165,168 @@ def _read_exact(f, n: int) -> bytes:
     return bytes(out)
 
 
+# Work is cut into pieces that fit the CPU's caches: tensors of tens of MB (a batch of 16
+# lanes x 256 patches x 8 bytes x the local MLP's 512) made elementwise ops ~10x slower
+# than on 1 MB ones here, mostly page faults and memory traffic. The pieces are whole
+# lanes (global pass) and whole patches (local pass), of at least MIN_BATCH_PATCHES
+# patches, so every row sees the GEMM shapes the one-shot pass gives it: same bits.
+GLOBAL_PATCHES = 512  # patches (rows of the global GEMMs) per global piece, at most
+LOCAL_PATCHES = 64  # patches per local piece, at least (the last piece takes the rest)
+
+
+def _local_pieces(rows: int) -> list[tuple[int, int]]:
+    """(start, stop) of the local pieces of `rows` patches: LOCAL_PATCHES each, the last
+    one also taking the remainder (so no piece is shorter than LOCAL_PATCHES unless the
+    whole is)."""
+    cuts = list(range(0, rows, LOCAL_PATCHES))
+    if len(cuts) > 1 and rows - cuts[-1] < LOCAL_PATCHES:
+        cuts.pop()
+    return [(a, b) for a, b in zip(cuts, cuts[1:] + [rows], strict=True)]
+
+
+class _Workers:
+    """A few threads that run torch work (which releases the GIL), global pieces before
+    local ones. Each thread runs torch with one intra-op thread: parallel work comes from
+    these threads, with no OpenMP barriers, which on a shared machine (others' processes on
+    the same cores) made two intra-op threads several times slower than one."""
+
+    def __init__(self, n: int):
+        import queue
+        import threading
+
+        self.q: queue.PriorityQueue = queue.PriorityQueue()
+        self.seq = 0
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            while True:
+                _, _, fn, fut = self.q.get()
+                if fn is None:
+                    return
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as e:  # noqa: BLE001 - handed to the caller
+                        fut.set_exception(e)
+
+    def submit(self, priority: int, fn):
+        from concurrent.futures import Future
+
+        fut = Future()
+        self.seq += 1
+        self.q.put((priority, self.seq, fn, fut))
+        return fut
+
+    def close(self):
+        for _ in self.threads:
+            self.q.put((99, 1 << 62, None, None))
+        for t in self.threads:
+            t.join()
+
+
+class _Inline:
+    """_Workers' interface, running each piece at once in the caller (CUDA, or threads=0)."""
+
+    def submit(self, priority: int, fn):
+        from concurrent.futures import Future
+
+        fut = Future()
+        fut.set_result(fn())
+        return fut
+
+    def close(self):
+        pass
+
+
+def _global_piece(model, inp, first: bool, caches, autocast):
+    """The global pass of some lanes: (context (b, n, P, L), their new caches)."""
+    c = model.new_caches()
+    if caches is not None:
+        for i, cache in enumerate(c):
+            cache.k, cache.v = caches[i]
+    with autocast():
+        ctx = model.global_context(inp, c, first=first)
+    return ctx, [(cache.k, cache.v) for cache in c]
+
+
+def _local_piece(model, chunk, ctx, autocast) -> np.ndarray:
+    """float32 log p of each byte of `chunk` (m, P) given its context (m, P, L): (m * P,)."""
+    with autocast():
+        logits = model.local_logits(chunk[None], ctx[None])
+    logp = F.log_softmax(logits.float().reshape(-1, 256), dim=1)
+    return logp.gather(1, chunk.reshape(-1, 1)).view(-1).cpu().numpy()
+
+
+@dataclass
+class _Step:
+    """A chunk of some lanes whose local pass is in the workers' hands."""
+
+    group: list[_Lane]
+    valid: list[int]  # bytes of each lane's chunk that are scored
+    width: int  # bytes of each lane's chunk (n * P)
+    pieces: list  # futures of the local pieces, in order
+
+
 @torch.no_grad()
-def _step(model: Megabyte, group: list[_Lane], n: int, first: bool, device, autocast) -> int:
-    """Score the next chunk (n patches, zero-padded) of every lane in `group`, which all
-    have the same signature; returns the bytes scored."""
+def _global_step(model, group: list[_Lane], n: int, first: bool, device, autocast, pool):
+    """Run the global pass of the next chunk (n patches, zero-padded) of every lane in
+    `group` (all of the same signature), update the lanes' caches, and hand the local pass
+    to the pool. Returns the _Step."""
     P = model.config.patch_size
-    buf = np.zeros((len(group), n * P), np.uint8)
+    G = len(group)
+    buf = np.zeros((G, n * P), np.uint8)
     valid = []
     for j, lane in enumerate(group):
         v = min(n * P, lane.size - lane.done * P)
         buf[j, :v] = np.frombuffer(_read_exact(lane.reader, v), np.uint8)
         valid.append(v)
-    chunk = torch.from_numpy(buf).long().view(len(group), n, P).to(device)
-    caches = None
+    chunk = torch.from_numpy(buf).long().view(G, n, P).to(device)
     if first:
         inp = chunk
     else:
         prev = torch.stack([lane.last for lane in group])[:, None]
         inp = torch.cat([prev, chunk[:, :-1]], dim=1)
-        caches = model.new_caches()
-        for i, c in enumerate(caches):
-            c.k = torch.cat([lane.caches[i][0] for lane in group])
-            c.v = torch.cat([lane.caches[i][1] for lane in group])
-    if caches is None:
-        caches = model.new_caches()
-    with autocast():
-        ctx = model.global_context(inp, caches, first=first)
-        logits = model.local_logits(chunk, ctx)
-    logp = F.log_softmax(logits.float().reshape(-1, 256), dim=1)
-    logp = logp.gather(1, chunk.reshape(-1, 1)).view(len(group), n * P).cpu().numpy()
-    for j, lane in enumerate(group):
-        lane.acc.add(logp[j, : valid[j]])
-        real = -(-valid[j] // P)
-        lane.done += real
-        lane.last = chunk[j, real - 1]
-        lane.caches = [(c.k[j : j + 1], c.v[j : j + 1]) for c in caches]
-    return sum(valid)
+    per = max(1, GLOBAL_PATCHES // n)  # lanes per global piece
+    jobs = []
+    for a in range(0, G, per):
+        lanes = group[a : a + per]
+        caches = None
+        if not first:
+            caches = [
+                (
+                    torch.cat([lane.caches[i][0] for lane in lanes]),
+                    torch.cat([lane.caches[i][1] for lane in lanes]),
+                )
+                for i in range(len(lanes[0].caches))
+            ]
+        piece = inp[a : a + per]
+        jobs.append(
+            pool.submit(0, lambda p=piece, c=caches: _global_piece(model, p, first, c, autocast))
+        )
+    ctxs = []
+    for a, job in zip(range(0, G, per), jobs, strict=True):
+        ctx, caches = job.result()
+        ctxs.append(ctx)
+        for j, lane in enumerate(group[a : a + per]):
+            real = -(-valid[a + j] // P)
+            lane.done += real
+            lane.queued += 1
+            lane.last = chunk[a + j, real - 1]
+            lane.caches = [(k[j : j + 1], v[j : j + 1]) for k, v in caches]
+    ctx = torch.cat(ctxs) if len(ctxs) > 1 else ctxs[0]
+    flat_chunk = chunk.reshape(G * n, P)
+    flat_ctx = ctx.reshape(G * n, P, -1)
+    pieces = [
+        pool.submit(
+            1, lambda a=a, b=b: _local_piece(model, flat_chunk[a:b], flat_ctx[a:b], autocast)
+        )
+        for a, b in _local_pieces(G * n)
+    ]
+    return _Step(group, valid, n * P, pieces)
 
 
 def _autocast(device, dtype):
@@ -206,6 +335,20 @@ def _autocast(device, dtype):
         return lambda: torch.autocast(dev.type, enabled=False)
     dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     return lambda: torch.autocast(dev.type, dtype=dt)
+
+
+def default_threads(device) -> int:
+    """Worker threads of float_scores: the CPU cores this process may use; 0 (run in the
+    caller) on CUDA."""
+    if torch.device(device).type != "cpu":
+        return 0
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+PENDING_STEPS = 4  # chunks whose local pass may wait for the workers (bounds memory)
 
 
 def float_scores(
@@ -217,12 +360,16 @@ def float_scores(
     dtype=None,
     bucket: int = 1,
     on_bytes: Callable[[int], None] | None = None,
+    threads: int | None = None,
 ) -> Iterator[tuple[int, float]]:
     """Bits (ideal code length) of each document under the float model, streamed: yields
     (number of the document in `docs`, bits) as documents finish, not in order. `docs`
     holds Documents (megazip.datasets) or bytes. Up to `batch` segments are in flight as
     lanes; each document is one segment unless `lanes` > 1. With dtype=None (float32) and
-    bucket=1 the bits are exactly float_bits' (float_bits of each segment, summed)."""
+    bucket=1 the bits are exactly float_bits' (float_bits of each segment, summed).
+    `threads` worker threads (default: default_threads) run the model, each with one torch
+    thread; 0 runs everything in the caller with its torch settings. The bits do not
+    depend on it."""
     from .datasets import Document
 
     model = model.to(device).eval()
@@ -230,6 +377,8 @@ def float_scores(
     P = model.config.patch_size
     pending: dict[int, list] = {}  # document number -> bits of its segments (None: running)
     flight: list[_Lane] = []
+    steps: deque[_Step] = deque()
+    threads = default_threads(device) if threads is None else threads
 
     def segments():
         for d, doc in enumerate(docs):
@@ -246,34 +395,57 @@ def float_scores(
         if all(b is not None for b in pending[d]):
             yield d, sum(pending.pop(d))
 
-    source = segments()
-    while True:
-        while len(flight) < batch:
-            item = next(source, None)
-            if item is None:
-                break
-            key, doc, offset, size = item
-            if size == 0:
-                yield from finish(key, 0.0)
-                continue
-            reader = doc.open()
-            if offset:
-                reader.seek(offset)
-            flight.append(_Lane(key, reader, size, -(-size // P), NllSum(size)))
-        if not flight:
-            return
-        groups: dict[tuple, list[_Lane]] = {}
-        for lane in flight:
-            groups.setdefault(lane.signature(bucket), []).append(lane)
-        (first, _, n, _), group = max(groups.items(), key=lambda kv: len(kv[1]))
-        scored = _step(model, group, n, first, device, autocast)
+    def drain():
+        step = steps.popleft()
+        parts = [f.result() for f in step.pieces]
+        logp = (np.concatenate(parts) if len(parts) > 1 else parts[0]).reshape(-1, step.width)
+        for j, lane in enumerate(step.group):
+            lane.acc.add(logp[j, : step.valid[j]])
+            lane.queued -= 1
         if on_bytes:
-            on_bytes(scored)
-        for lane in group:
-            if lane.done == lane.patches:
-                flight.remove(lane)
+            on_bytes(sum(step.valid))
+        for lane in step.group:
+            if lane.done == lane.patches and lane.queued == 0:
                 lane.reader.close()
                 yield from finish(lane.key, lane.acc.total() / LN2)
+
+    before = torch.get_num_threads()
+    pool = _Workers(threads) if threads > 0 else _Inline()
+    if threads > 0:
+        torch.set_num_threads(1)
+    try:
+        source = segments()
+        while True:
+            while len(flight) < batch:
+                item = next(source, None)
+                if item is None:
+                    break
+                key, doc, offset, size = item
+                if size == 0:
+                    yield from finish(key, 0.0)
+                    continue
+                reader = doc.open()
+                if offset:
+                    reader.seek(offset)
+                flight.append(_Lane(key, reader, size, -(-size // P), NllSum(size)))
+            if not flight:
+                break
+            groups: dict[tuple, list[_Lane]] = {}
+            for lane in flight:
+                groups.setdefault(lane.signature(bucket), []).append(lane)
+            (first, _, n, _), group = max(groups.items(), key=lambda kv: len(kv[1]))
+            steps.append(_global_step(model, group, n, first, device, autocast, pool))
+            flight = [lane for lane in flight if lane.done < lane.patches]
+            while len(steps) > (PENDING_STEPS if threads > 0 else 0):
+                yield from drain()
+        while steps:
+            yield from drain()
+    finally:
+        pool.close()
+        for lane in flight:
+            lane.reader.close()
+        if threads > 0:
+            torch.set_num_threads(before)
 
 
 def evaluate(
