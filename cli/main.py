@@ -288,7 +288,16 @@ def info_cmd(files):
     type=click.Choice(["float32", "bfloat16"]),
     default="float32",
     show_default=True,
-    help="Arithmetic of the float model.",
+    help="Arithmetic of the float model (bfloat16: about 2.5x faster on a CPU with "
+    "AVX512-BF16, numbers within ~0.1 % of float32's).",
+)
+@click.option(
+    "-T",
+    "--threads",
+    type=click.IntRange(0, 1 << 10),
+    default=0,
+    help="CPU threads scoring (0: this process's cores, shared among torchrun ranks). "
+    "The numbers are the same for any N.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
@@ -310,6 +319,7 @@ def eval_cmd(
     batch,
     lanes,
     dtype,
+    threads,
     as_json,
     as_csv,
     summary,
@@ -323,6 +333,8 @@ def eval_cmd(
     from megazip import checkpoint, distributed
     from megazip.datasets import iter_documents
     from megazip.evaluate import (
+        INT_SEGMENT,
+        default_threads,
         format_csv,
         format_table,
         plot_histogram,
@@ -356,6 +368,7 @@ def eval_cmd(
                 dtype=None if dtype == "float32" else dtype,
                 bucket=16 if cuda else 1,  # pad final chunks on CUDA (float is inexact there)
                 on_bytes=update,
+                threads=0 if cuda else (threads or max(1, default_threads(dev) // world.size)),
             )
         finally:
             close()
@@ -366,7 +379,10 @@ def eval_cmd(
         return
     if not gathered:
         raise UserError("no documents found in " + ", ".join(paths))
-    doc = report(gathered, model_name, {"lanes": lanes, "dtype": dtype})
+    settings = {"lanes": lanes, "dtype": dtype}
+    if use_int:
+        settings["int_segment"] = INT_SEGMENT
+    doc = report(gathered, model_name, settings)
     if plot:
         plot_histogram(doc, plot)
     if as_json:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import list_files
-from .model import Megabyte
+from .model import CausalSelfAttention, Megabyte, alibi_slopes, attention_bias
 
 LN2 = math.log(2)
 
@@ -179,6 +179,8 @@ def _local_pieces(rows: int) -> list[tuple[int, int]]:
     one also taking the remainder (so no piece is shorter than LOCAL_PATCHES unless the
     whole is)."""
     cuts = list(range(0, rows, LOCAL_PATCHES))
+    if not cuts:
+        return []
     if len(cuts) > 1 and rows - cuts[-1] < LOCAL_PATCHES:
         cuts.pop()
     return [(a, b) for a, b in zip(cuts, cuts[1:] + [rows], strict=True)]
@@ -331,10 +333,55 @@ def _global_step(model, group: list[_Lane], n: int, first: bool, device, autocas
 
 def _autocast(device, dtype):
     dev = torch.device(device)
-    if dtype in (None, torch.float32, "float32"):
+    if dtype in (None, torch.float32, "float32") or _cpu_bf16(device, dtype):
         return lambda: torch.autocast(dev.type, enabled=False)
     dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     return lambda: torch.autocast(dev.type, dtype=dt)
+
+
+def _cpu_bf16(device, dtype) -> bool:
+    return torch.device(device).type == "cpu" and dtype in (torch.bfloat16, "bfloat16")
+
+
+class _MatmulAttention(CausalSelfAttention):
+    """The same attention computed with two batched matmuls and a float32 softmax: on the
+    CPU in bfloat16, scaled_dot_product_attention took 3-4x longer than this for the local
+    model's 8 x 8 problems and the global model's chunks (measured here), and was most of
+    the time once the linear layers ran in bfloat16. Used only for --dtype bfloat16 on the
+    CPU (float32 keeps the model's own attention, so its numbers do not change)."""
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        S = k.shape[2]
+        key = (T, S)
+        bias = self.biases.get(key)
+        if bias is None:
+            if len(self.biases) > 32:
+                self.biases.clear()
+            bias = self.biases[key] = attention_bias(self.slopes, T, S, self.window)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * (C // H) ** -0.5 + bias
+        y = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # (B, H, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def bf16_model(model: Megabyte) -> Megabyte:
+    """A bfloat16 copy of `model` for scoring on the CPU: weights in bfloat16 (norms and
+    softmax still compute in float32), attention by _MatmulAttention. Its numbers are
+    close to the float32 model's, not equal (bench/results/density.md compares them)."""
+    copy = Megabyte(model.config).to(model.global_pad.device)
+    copy.load_state_dict(model.state_dict())
+    copy = copy.to(torch.bfloat16).eval()
+    for module in copy.modules():
+        if isinstance(module, CausalSelfAttention):
+            module.__class__ = _MatmulAttention
+            module.biases = {}
+            module.slopes = torch.tensor(alibi_slopes(module.n_heads), device=module.slopes.device)
+    return copy
 
 
 def default_threads(device) -> int:
@@ -373,6 +420,8 @@ def float_scores(
     from .datasets import Document
 
     model = model.to(device).eval()
+    if _cpu_bf16(device, dtype):
+        model = bf16_model(model)
     autocast = _autocast(device, dtype)
     P = model.config.patch_size
     pending: dict[int, list] = {}  # document number -> bits of its segments (None: running)
@@ -510,6 +559,21 @@ class DocResult:
     bits: dict[str, float] = field(default_factory=dict)
 
 
+INT_SEGMENT = 8 << 20  # --int: bytes per segment at most (container.FRAME_SIZE)
+
+
+def int_segments(size: int, lanes: int, patch_size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the segments --int scores a document of `size` bytes as: those
+    of segment_bounds, each cut further into pieces of at most INT_SEGMENT bytes. A segment
+    is coded as one lane whose adaptive state keeps its whole history and whose int64
+    lanes tensor is 8 bytes a byte, so this bounds the memory; it is the longest segment
+    the compressor's default frames hold, and documents up to it score as one segment."""
+    out = []
+    for o, n in segment_bounds(size, lanes, patch_size):
+        out += [(o + a, min(INT_SEGMENT, n - a)) for a in range(0, n, INT_SEGMENT)] or [(o, 0)]
+    return out
+
+
 def score_documents(
     docs: Iterable[tuple[int, object]],
     float_model: Megabyte | None = None,
@@ -520,10 +584,12 @@ def score_documents(
     dtype=None,
     bucket: int = 1,
     on_bytes: Callable[[int], None] | None = None,
+    threads: int | None = None,
 ) -> list[DocResult]:
-    """Score (number, Document) pairs with the float model (streamed, batched) and/or the
-    integer coding model and its adaptive stage (`int_code_lengths`, one document at a
-    time, each segment as one lane). Returns the results in document order."""
+    """Score (number, Document) pairs with the float model (streamed, batched, on
+    `threads` worker threads) and/or the integer coding model and its adaptive stage
+    (`int_code_lengths` of each of int_segments' segments, one document at a time, read
+    one segment at a time). Returns the results in document order."""
     results: dict[int, DocResult] = {}
     order: list[int] = []
     P = (float_model or int_model).config.patch_size
@@ -533,11 +599,14 @@ def score_documents(
             r = results[index] = DocResult(index, doc.name, doc.kind, doc.size)
             order.append(index)
             if int_model is not None:
-                data = doc.read()
                 prior = final = 0.0
-                for o, n in segment_bounds(len(data), lanes, P):
-                    p, f = int_code_lengths(int_model, data[o : o + n]) if n else (0.0, 0.0)
-                    prior, final = prior + p, final + f
+                with doc.open() as f:
+                    for o, n in int_segments(doc.size, lanes, P):
+                        if not n:
+                            continue
+                        f.seek(o)
+                        p, q = int_code_lengths(int_model, _read_exact(f, n))
+                        prior, final = prior + p, final + q
                 r.bits["int"], r.bits["adaptive"] = prior, final
                 if float_model is None and on_bytes:
                     on_bytes(doc.size)
@@ -547,7 +616,9 @@ def score_documents(
         for _ in feed():
             pass
     else:
-        stream = float_scores(float_model, feed(), device, batch, lanes, dtype, bucket, on_bytes)
+        stream = float_scores(
+            float_model, feed(), device, batch, lanes, dtype, bucket, on_bytes, threads
+        )
         for d, bits in stream:
             r = results[order[d]]
             r.bits = {"float": bits, **r.bits}
@@ -609,6 +680,11 @@ def format_table(doc: dict, documents: bool = True) -> str:
     width = max([len(name) for name, _ in rows] + [5])
     head = "".join(f"  {'bits/byte (' + c + ')':>17}" for c in cols)
     lines = [f"note: {lanes_note(doc['lanes'])}"] if doc.get("lanes", 1) > 1 else []
+    cut = doc.get("int_segment")
+    if cut and any(f["bytes"] > cut for f in doc["files"]):
+        lines.append(
+            f"note: int, adaptive: documents over {cut:,} bytes are scored in segments of that size"
+        )
     lines.append(f"{'file':<{width}}  {'bytes':>10}{head}")
     for name, r in rows:
         cells = "".join(f"  {r[c]['bits_per_byte']:>17.3f}" for c in cols)

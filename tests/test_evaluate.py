@@ -20,6 +20,7 @@ from megazip.datasets import Document, iter_documents
 from megazip.evaluate import (
     CHUNK_PATCHES,
     NllSum,
+    _local_pieces,
     float_bits,
     float_scores,
     format_csv,
@@ -82,6 +83,33 @@ def test_batched_documents_score_as_one_at_a_time(model):
     for batch in (2, 8, 64):
         got = dict(float_scores(model, docs, batch=batch))
         assert [got[i] for i in range(len(docs))] == want, batch
+
+
+def test_worker_threads_and_pieces_do_not_change_bits(model):
+    # several chunks, final chunks of every size class, local passes of many pieces
+    lengths = [1, 70, 64 * 4 * 3 + 5, CHUNK + 4 * 17, 2 * CHUNK + 4 * 99, 5 * CHUNK + 3, 900]
+    docs = [text_bytes(i, n) for i, n in enumerate(lengths)]
+    want = [float_bits(model, d) for d in docs]
+    for threads, batch in ((0, 1), (1, 4), (2, 16), (3, 2)):
+        got = dict(float_scores(model, docs, batch=batch, threads=threads))
+        assert [got[i] for i in range(len(docs))] == want, (threads, batch)
+    assert _local_pieces(0) == []
+    assert _local_pieces(10) == [(0, 10)]
+    assert _local_pieces(130) == [(0, 64), (64, 130)]
+    assert _local_pieces(192) == [(0, 64), (64, 128), (128, 192)]
+
+
+def test_bfloat16_batched_as_one_at_a_time_and_close_to_float32(model):
+    lengths = [3, 64, 64, 200, CHUNK + 64, CHUNK + 64, 2 * CHUNK + 5, 999]
+    docs = [text_bytes(i, n) for i, n in enumerate(lengths)]
+    one = dict(float_scores(model, docs, batch=1, dtype="bfloat16", threads=0))
+    for batch, threads in ((4, 2), (16, 1)):
+        assert (
+            dict(float_scores(model, docs, batch=batch, dtype="bfloat16", threads=threads)) == one
+        )
+    f32 = dict(float_scores(model, docs))
+    assert one != f32
+    assert abs(sum(one.values()) / sum(f32.values()) - 1) < 1e-3
 
 
 def test_lanes_split_documents_into_independent_streams(model):
@@ -239,6 +267,25 @@ def test_integer_columns_are_int_code_lengths(model):
             prior, final = int_code_lengths(int_model, d.read()) if d.size else (0.0, 0.0)
             assert (r.bits["int"], r.bits["adaptive"]) == (prior, final)
             assert ("float" in r.bits) == (float_model is not None)
+
+
+def test_integer_columns_of_long_documents_are_cut_into_int_segments(model, monkeypatch):
+    from megazip import evaluate
+    from megazip.evaluate import int_code_lengths, int_segments
+    from megazip.export import export
+
+    int_model = export(model, torch.randint(0, 256, (2, 64), generator=torch.Generator()))
+    monkeypatch.setattr(evaluate, "INT_SEGMENT", 256)
+    assert int_segments(600, 1, 4) == [(0, 256), (256, 256), (512, 88)]
+    assert int_segments(600, 2, 4) == [(0, 256), (256, 44), (300, 256), (556, 44)]
+    assert int_segments(0, 1, 4) == [(0, 0)]
+    data = text_bytes(3, 600)
+    [r] = score_documents([(0, Document.from_bytes("a", data))], None, int_model)
+    parts = [int_code_lengths(int_model, data[o : o + n]) for o, n in int_segments(600, 1, 4)]
+    assert r.bits["int"] == sum(p for p, _ in parts)
+    assert r.bits["adaptive"] == sum(f for _, f in parts)
+    doc = report([r], "test", {"lanes": 1, "int_segment": 256})
+    assert "scored in segments of that size" in format_table(doc)
 
 
 # ------------------------------------------------------------------ the eval command
