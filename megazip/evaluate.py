@@ -292,7 +292,8 @@ def _global_step(model, group: list[_Lane], n: int, first: bool, device, autocas
     else:
         prev = torch.stack([lane.last for lane in group])[:, None]
         inp = torch.cat([prev, chunk[:, :-1]], dim=1)
-    per = max(1, GLOBAL_PATCHES // n)  # lanes per global piece
+    cpu = torch.device(device).type == "cpu"  # on a GPU, pieces would only cost launches
+    per = max(1, GLOBAL_PATCHES // n) if cpu else G  # lanes per global piece
     jobs = []
     for a in range(0, G, per):
         lanes = group[a : a + per]
@@ -326,7 +327,7 @@ def _global_step(model, group: list[_Lane], n: int, first: bool, device, autocas
         pool.submit(
             1, lambda a=a, b=b: _local_piece(model, flat_chunk[a:b], flat_ctx[a:b], autocast)
         )
-        for a, b in _local_pieces(G * n)
+        for a, b in (_local_pieces(G * n) if cpu else [(0, G * n)])
     ]
     return _Step(group, valid, n * P, pieces)
 
