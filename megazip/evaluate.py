@@ -385,9 +385,9 @@ def bf16_model(model: Megabyte) -> Megabyte:
     """A bfloat16 copy of `model` for scoring on the CPU: weights in bfloat16 (norms and
     softmax still compute in float32), attention by _MatmulAttention. Its numbers are
     close to the float32 model's, not equal (bench/results/density.md compares them)."""
-    copy = Megabyte(model.config).to(model.global_pad.device)
-    copy.load_state_dict(model.state_dict())
-    copy = copy.to(torch.bfloat16).eval()
+    import copy as copying
+
+    copy = copying.deepcopy(model).to(torch.bfloat16).eval()
     for module in copy.modules():
         if isinstance(module, CausalSelfAttention):
             module.__class__ = _MatmulAttention
