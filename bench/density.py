@@ -164,7 +164,11 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=checkpoint.DEFAULT_MODEL)
     ap.add_argument("--docs", type=int, default=1000, help="documents in the speed folder")
-    ap.add_argument("--rss-mib", default="1,8,64", help="sizes of the memory files, in MiB")
+    ap.add_argument(
+        "--rss-mib",
+        default="1,8,64",
+        help="sizes of the memory files in MiB, each SIZE or SIZE:DTYPE (default --rss-dtype)",
+    )
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--dtype", default=None, help="comma-separated (default: per device)")
     ap.add_argument("--batch", type=int, default=None, help="default: 16 (CPU), 256 (CUDA)")
@@ -207,12 +211,13 @@ def main(argv=None) -> dict:
         for dt in dtypes:
             result["speed"].append(speed(model, folder, device, dt, batch, threads))
             save()
-        for mib in [float(x) for x in args.rss_mib.split(",") if x]:
+        for spec in [x for x in args.rss_mib.split(",") if x]:
+            size, _, dt = spec.partition(":")
+            mib = float(size)
             path = Path(tmp) / f"long_{mib:g}MiB.txt"
             make_file(path, int(mib * MiB))
-            result["memory"].append(
-                {"mib": mib, **peak_rss(path, args.model, device, args.rss_dtype)}
-            )
+            rss = peak_rss(path, args.model, device, dt or args.rss_dtype)
+            result["memory"].append({"mib": mib, **rss})
             path.unlink()
             save()
     save()
