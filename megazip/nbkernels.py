@@ -311,28 +311,28 @@ def pack_local(m) -> LocalPack:
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _gemv(x, w, off, K, N, acc):
     """acc[:N] = x[:K] @ W, W the (K, N) int8 matrix at w[off:]: exact (see above)."""
+    W = w[off : off + K * N].reshape((K, N))  # 2-D: LLVM vectorizes the rows
     for n in range(N):
         acc[n] = 0.0
     k = 0
     while k + 4 <= K:
         x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]
         if x0 != 0.0 or x1 != 0.0 or x2 != 0.0 or x3 != 0.0:
-            r0 = off + k * N
-            r1, r2, r3 = r0 + N, r0 + 2 * N, r0 + 3 * N
+            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
             for n in range(N):
                 acc[n] += (
-                    x0 * np.float32(w[r0 + n])
-                    + x1 * np.float32(w[r1 + n])
-                    + x2 * np.float32(w[r2 + n])
-                    + x3 * np.float32(w[r3 + n])
+                    x0 * np.float32(w0[n])
+                    + x1 * np.float32(w1[n])
+                    + x2 * np.float32(w2[n])
+                    + x3 * np.float32(w3[n])
                 )
         k += 4
     while k < K:
         xk = x[k]
         if xk != 0.0:
-            r = off + k * N
+            wk = W[k]
             for n in range(N):
-                acc[n] += xk * np.float32(w[r + n])
+                acc[n] += xk * np.float32(wk[n])
         k += 1
 
 

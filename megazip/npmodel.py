@@ -29,6 +29,8 @@ import numpy as np
 from . import nbkernels as nbk
 from .modelspec import COUNT_TOTAL, GEMM_BLOCK, PAD_BYTE, RESIDUAL_LIMIT, MegabyteConfig
 
+FUSED_MAX_LANES = 8  # local_step: one fused call up to this many lanes (measured crossover)
+
 # numpy dtype -> the torch dtype name that IntMegabyte.content_hash writes
 _TORCH_DTYPE = {
     "int8": "torch.int8",
@@ -133,6 +135,7 @@ class NpMegabyte:
     or NpMegabyte(config, tensors, ints) from the canonical tensors of an IntMegabyte."""
 
     device = "cpu"
+    numpy_api = True  # coder.numpy_model: use as it is
 
     def __init__(self, config: MegabyteConfig, tensors: dict[str, np.ndarray], ints: dict):
         self.config = config
@@ -339,8 +342,12 @@ class NpMegabyte:
 
     def local_step(self, state: LaneState, prev_byte: np.ndarray, context: np.ndarray):
         """One byte for every lane: prev_byte (B,) (PAD_BYTE at a patch start), context
-        (B, L) int64 -> counts (B, 256) int64. One compiled call: the whole local model."""
+        (B, L) int64 -> counts (B, 256) int64. Up to FUSED_MAX_LANES lanes the whole local
+        model runs as one compiled call (nbkernels.local_step_fused); with more, layer by
+        layer with BLAS GEMMs over all lanes (faster there). The same integers."""
         B = context.shape[0]
+        if B > FUSED_MAX_LANES:
+            return self._local_step_layered(state, prev_byte, context)
         shape = (len(self.local_blocks), B) + self._fused.kv_tail
         if state.local_k is None or state.local_k.shape != shape:
             state.local_k = np.zeros(shape, np.int8)
@@ -362,6 +369,15 @@ class NpMegabyte:
         )
         state.local_pos += 1
         return out
+
+    def _local_step_layered(self, state, prev_byte, context):
+        """local_step through _stack: BLAS GEMMs over all lanes, layer by layer."""
+        x = (self.local_emb[np.asarray(prev_byte, np.int64)] + context)[:, None]
+        if state.local_pos == 0:
+            state.local_caches = [KVCache(self.config.patch_size) for _ in self.local_blocks]
+        h = self._stack(self.local_blocks, x, state.local_caches, self.local_norm)
+        state.local_pos += 1
+        return self._counts(h[:, 0])
 
     def count_tables(self, lanes: np.ndarray, chunk_patches: int = 64):
         """IntMegabyte.count_tables: lanes (B, T) bytes, T a multiple of P; yields (start
