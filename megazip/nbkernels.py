@@ -309,35 +309,49 @@ def pack_local(m) -> LocalPack:
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _gemv(x, w, off, K, N, acc):
-    """acc[:N] = x[:K] @ W, W the (K, N) int8 matrix at w[off:]: exact (see above)."""
-    W = w[off : off + K * N].reshape((K, N))  # 2-D: LLVM vectorizes the rows
-    for n in range(N):
-        acc[n] = 0.0
+def gemm_i8(x, W, acc):
+    """acc (M, N) float32 = x (M, K) float32 integers @ W (K, N) int8, exact for K <=
+    1024 (every partial sum an integer below 2^24): the weights of four rows of K are
+    read once for all M rows (few rows: faster than BLAS, and a quarter of the memory
+    traffic of float32 weights); quads of zero inputs are skipped."""
+    M, K = x.shape
+    N = W.shape[1]
+    for m in range(M):
+        for n in range(N):
+            acc[m, n] = 0.0
     k = 0
     while k + 4 <= K:
-        x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]
-        if x0 != 0.0 or x1 != 0.0 or x2 != 0.0 or x3 != 0.0:
-            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
-            for n in range(N):
-                acc[n] += (
-                    x0 * np.float32(w0[n])
-                    + x1 * np.float32(w1[n])
-                    + x2 * np.float32(w2[n])
-                    + x3 * np.float32(w3[n])
-                )
+        w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+        for m in range(M):
+            x0, x1, x2, x3 = x[m, k], x[m, k + 1], x[m, k + 2], x[m, k + 3]
+            if x0 != 0.0 or x1 != 0.0 or x2 != 0.0 or x3 != 0.0:
+                a = acc[m]
+                for n in range(N):
+                    a[n] += (
+                        x0 * np.float32(w0[n])
+                        + x1 * np.float32(w1[n])
+                        + x2 * np.float32(w2[n])
+                        + x3 * np.float32(w3[n])
+                    )
         k += 4
     while k < K:
-        xk = x[k]
-        if xk != 0.0:
-            wk = W[k]
-            for n in range(N):
-                acc[n] += xk * np.float32(wk[n])
+        wk = W[k]
+        for m in range(M):
+            xk = x[m, k]
+            if xk != 0.0:
+                a = acc[m]
+                for n in range(N):
+                    a[n] += xk * np.float32(wk[n])
         k += 1
 
 
 @_jit
-def _residual_norm_row(x, acc, mult, moff, shift, limit, c, coff, eps, ho):
+def _weights(w, off, K, N):
+    return w[off : off + K * N].reshape((K, N))
+
+
+@_jit
+def _residual_norm_row(x, acc, mult, moff, shift, limit, c, eps, ho):
     """x += requant(acc) (both clamped to the residual limit), ho = norm(x)."""
     N = x.shape[0]
     half = np.int64(1) << (shift - 1)
@@ -348,7 +362,7 @@ def _residual_norm_row(x, acc, mult, moff, shift, limit, c, coff, eps, ho):
         y = min(max(y, -limit), limit)
         x[j] = y
         ss += y * y
-    _norm_row(x, ss, c[coff : coff + N], eps, ho)
+    _norm_row(x, ss, c, eps, ho)
 
 
 @_jit
@@ -386,48 +400,54 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, 
     (B,) previous bytes (PAD_BYTE at a patch start), ctx (B, L) int64 slots of the
     global context, pos the byte's position in its patch; kc, vc (layers, B, H, P, hd)
     int8 caches of the patch's keys and values (position pos is written); counts (B,
-    256) int64 into out."""
+    256) int64 into out. Layer by layer, each GEMM over all lanes at once (gemm_i8)."""
     B = prev.shape[0]
     n_layers, L, F, H = layout[0], layout[1], layout[2], layout[3]
     hd = L // H
     V = layout[10]
     E = attn_exp.shape[0] - 1
-    x = np.empty(L, np.int64)
-    h = np.empty(L, np.float32)
-    acc = np.empty(max(3 * L, F, V), np.float32)
-    g = np.empty(F, np.float32)
-    y = np.empty(L, np.float32)
+    x = np.empty((B, L), np.int64)
+    h = np.empty((B, L), np.float32)
+    y = np.empty((B, L), np.float32)
+    g = np.empty((B, F), np.float32)
+    aq = np.empty((B, 3 * L), np.float32)
+    al = np.empty((B, L), np.float32)
+    af = np.empty((B, F), np.float32)
+    av = np.empty((B, V), np.float32)
     qf = np.empty(hd, np.float32)
     wts = np.empty(pos + 1, np.int64)
+    f0 = HEAD_FIELDS
+    c1 = i64[layout[f0 + 12] : layout[f0 + 12] + L]
     for b in range(B):
         e0 = layout[4] + prev[b] * L
-        for j in range(L):
-            x[j] = i64[e0 + j] + ctx[b, j]
-        f0 = HEAD_FIELDS
         ss = np.int64(0)
         for j in range(L):
-            ss += x[j] * x[j]
-        _norm_row(x, ss, i64[layout[f0 + 12] : layout[f0 + 12] + L], layout[f0 + 13], h)
-        for li in range(n_layers):
-            f = HEAD_FIELDS + LAYER_FIELDS * li
-            # attention: q, k, v of this byte; k, v into the caches
-            _gemv(h, w, layout[f], L, 3 * L, acc)
-            moff, shift = layout[f + 4], layout[f + 8]
-            half = np.int64(1) << (shift - 1)
+            v = i64[e0 + j] + ctx[b, j]
+            x[b, j] = v
+            ss += v * v
+        _norm_row(x[b], ss, c1, layout[f0 + 13], h[b])
+    for li in range(n_layers):
+        f = HEAD_FIELDS + LAYER_FIELDS * li
+        # attention: q, k, v of this byte; k, v into the caches
+        gemm_i8(h, _weights(w, layout[f], L, 3 * L), aq)
+        moff, shift = layout[f + 4], layout[f + 8]
+        half = np.int64(1) << (shift - 1)
+        smult, sshift = layout[f + 16], layout[f + 17]
+        shalf = np.int64(1) << (sshift - 1)
+        omoff, oshift = layout[f + 18], layout[f + 19]
+        ohalf = np.int64(1) << (oshift - 1)
+        aoff, awidth = layout[f + 20], layout[f + 21]
+        for b in range(B):
+            a = aq[b]
             for j in range(3 * L):
-                r = (np.int64(acc[j]) * i64[moff + j] + half) >> shift
-                acc[j] = min(max(r, -127), 127)
-            smult, sshift = layout[f + 16], layout[f + 17]
-            shalf = np.int64(1) << (sshift - 1)
-            omoff, oshift = layout[f + 18], layout[f + 19]
-            ohalf = np.int64(1) << (oshift - 1)
-            aoff, awidth = layout[f + 20], layout[f + 21]
+                r = (np.int64(a[j]) * i64[moff + j] + half) >> shift
+                a[j] = min(max(r, -127), 127)
             for hh in range(H):
                 kr, vr = kc[li, b, hh], vc[li, b, hh]
                 for j in range(hd):
-                    qf[j] = acc[hh * hd + j]
-                    kr[pos, j] = np.int8(acc[L + hh * hd + j])
-                    vr[pos, j] = np.int8(acc[2 * L + hh * hd + j])
+                    qf[j] = a[hh * hd + j]
+                    kr[pos, j] = np.int8(a[L + hh * hd + j])
+                    vr[pos, j] = np.int8(a[2 * L + hh * hd + j])
                 top = np.int64(-(1 << 62))
                 for s in range(pos + 1):
                     sc = np.float32(0.0)  # |q.k| < 2^24: exact
@@ -452,36 +472,41 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, 
                 for j in range(hd):
                     c = hh * hd + j
                     r = (np.int64(qf[j]) * i64[omoff + c] + ohalf) >> oshift
-                    y[c] = min(max(r, -127), 127)
-            _gemv(y, w, layout[f + 1], L, L, acc)
+                    y[b, c] = min(max(r, -127), 127)
+        gemm_i8(y, _weights(w, layout[f + 1], L, L), al)
+        c2 = i64[layout[f + 14] : layout[f + 14] + L]
+        for b in range(B):
             _residual_norm_row(
-                x,
-                acc,
+                x[b],
+                al[b],
                 i64,
                 layout[f + 5],
                 layout[f + 9],
                 RESIDUAL_LIMIT,
-                i64,
-                layout[f + 14],
+                c2,
                 layout[f + 15],
-                h,
+                h[b],
             )
-            # MLP
-            _gemv(h, w, layout[f + 2], L, F, acc)
-            moff, shift = layout[f + 6], layout[f + 10]
-            half = np.int64(1) << (shift - 1)
-            goff, glen = layout[f + 22], layout[f + 23]
-            glim = (glen - 1) // 2
+        # MLP
+        gemm_i8(h, _weights(w, layout[f + 2], L, F), af)
+        moff, shift = layout[f + 6], layout[f + 10]
+        half = np.int64(1) << (shift - 1)
+        goff, glen = layout[f + 22], layout[f + 23]
+        glim = (glen - 1) // 2
+        for b in range(B):
             for j in range(F):
-                r = (np.int64(acc[j]) * i64[moff + j] + half) >> shift
-                g[j] = i64[goff + min(max(r, -glim), glim) + glim]
-            _gemv(g, w, layout[f + 3], F, L, acc)
-            if li + 1 < n_layers:
-                nc, neps = layout[f + LAYER_FIELDS + 12], layout[f + LAYER_FIELDS + 13]
-            else:
-                nc, neps = layout[5], layout[6]
+                r = (np.int64(af[b, j]) * i64[moff + j] + half) >> shift
+                g[b, j] = i64[goff + min(max(r, -glim), glim) + glim]
+        gemm_i8(g, _weights(w, layout[f + 3], F, L), al)
+        if li + 1 < n_layers:
+            nc, neps = layout[f + LAYER_FIELDS + 12], layout[f + LAYER_FIELDS + 13]
+        else:
+            nc, neps = layout[5], layout[6]
+        cn = i64[nc : nc + L]
+        for b in range(B):
             _residual_norm_row(
-                x, acc, i64, layout[f + 7], layout[f + 11], RESIDUAL_LIMIT, i64, nc, neps, h
+                x[b], al[b], i64, layout[f + 7], layout[f + 11], RESIDUAL_LIMIT, cn, neps, h[b]
             )
-        _gemv(h, w, layout[7], L, V, acc)
-        _counts_row(acc, i64, layout[8], layout[9], out_exp, COUNT_TOTAL, V, out[b])
+    gemm_i8(h, _weights(w, layout[7], L, V), av)
+    for b in range(B):
+        _counts_row(av[b], i64, layout[8], layout[9], out_exp, COUNT_TOTAL, V, out[b])

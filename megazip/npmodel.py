@@ -29,7 +29,8 @@ import numpy as np
 from . import nbkernels as nbk
 from .modelspec import COUNT_TOTAL, GEMM_BLOCK, PAD_BYTE, RESIDUAL_LIMIT, MegabyteConfig
 
-FUSED_MAX_LANES = 8  # local_step: one fused call up to this many lanes (measured crossover)
+FUSED_MAX_LANES = 64  # local_step: one fused call up to this many lanes (then layer by layer)
+SMALL_GEMM_ROWS = 64  # Linear: numba's int8-weight GEMM up to this many rows, then BLAS
 
 # numpy dtype -> the torch dtype name that IntMegabyte.content_hash writes
 _TORCH_DTYPE = {
@@ -62,10 +63,18 @@ class Linear:
     w: np.ndarray  # (K, N) float32 integers in [-127, 127]
     mult: np.ndarray  # (N,) int64
     shift: int
+    w8: np.ndarray  # the same (K, N) as int8
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x (..., K) float32 integers -> accumulators (M, N) (M: all leading dims)."""
-        return int_matmul(x.reshape(-1, x.shape[-1]), self.w)
+        """x (..., K) float32 integers -> accumulators (M, N) (M: all leading dims):
+        up to SMALL_GEMM_ROWS rows the numba int8-weight GEMM, else BLAS (both exact)."""
+        x = x.reshape(-1, x.shape[-1])
+        M, K = x.shape
+        if M <= SMALL_GEMM_ROWS and K <= GEMM_BLOCK:
+            acc = np.empty((M, self.w8.shape[1]), np.float32)
+            nbk.gemm_i8(np.ascontiguousarray(x), self.w8, acc)
+            return acc
+        return int_matmul(x, self.w)
 
 
 @dataclass
@@ -166,8 +175,9 @@ class NpMegabyte:
         return np.ascontiguousarray(self.tensors[name], dtype=dtype)
 
     def _linear(self, name):
-        w = np.ascontiguousarray(self.tensors[f"{name}.w"].astype(np.float32).T)
-        return Linear(w, self._t(f"{name}.mult"), self.ints[f"{name}.shift"])
+        w8 = np.ascontiguousarray(self.tensors[f"{name}.w"].astype(np.int8).T)
+        w = w8.astype(np.float32)
+        return Linear(w, self._t(f"{name}.mult"), self.ints[f"{name}.shift"], w8)
 
     def _norm(self, name):
         return Norm(self._t(f"{name}.c"), self.ints[f"{name}.eps"])
