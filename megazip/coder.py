@@ -309,6 +309,7 @@ def decode_block(
     progress: Callable[[int], None] | None = None,
     adaptive: bool = True,
     threads: int | None = DECODE_THREADS,
+    lane_threads: int = 1,
 ) -> list[bytes]:
     """Decode the lanes of one block from `stream`, given each lane's length (and whether
     the encoder used the adaptive stage).
@@ -316,8 +317,9 @@ def decode_block(
     Byte by byte, every product has only B rows: a second CPU thread gains nothing, and on
     a busy machine its barriers cost more than the work. So on the CPU torch runs
     `threads` threads (default 1; None: the caller's setting) while this call runs, and
-    the caller's thread count is restored when it returns or raises. The output does not
-    depend on it."""
+    the caller's thread count is restored when it returns or raises. With NpMegabyte,
+    `lane_threads` > 1 threads compute the model for groups of lanes in parallel
+    (npmodel.LaneGroups). The output depends on neither."""
     P = int_model.config.patch_size
     if len(stream) % 4:
         raise CorruptStream("corrupt model stream: length is not a multiple of 4")
@@ -335,9 +337,14 @@ def decode_block(
     T = -(-max(1, max(lengths)) // P) * P
     int_model = numpy_model(int_model)
     out = np.zeros((B, T), np.uint8)  # the decoded bytes, on the host
-    state = int_model.new_state(B)
     models = LaneModels(B, T, record) if adaptive else None
-    with _model_threads(int_model, threads):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_model_threads(int_model, threads))
+        if lane_threads > 1 and getattr(int_model, "numpy_api", False):
+            from .npmodel import LaneGroups
+
+            int_model = stack.enter_context(LaneGroups(int_model, B, lane_threads))
+        state = int_model.new_state(B)
         _decode_steps(int_model, dec, out, np.asarray(lengths, np.int64), state, models, progress)
     return [out[i, :n].tobytes() for i, n in enumerate(lengths)]
 

@@ -691,7 +691,9 @@ def _decode_block_job(int_model, job, progress, threads=1):
 
     stream, lengths, adaptive = job
     try:
-        return decode_block(int_model, stream, lengths, progress, adaptive=adaptive)
+        return decode_block(
+            int_model, stream, lengths, progress, adaptive=adaptive, lane_threads=threads or 1
+        )
     except CorruptStream as e:
         raise FormatError(str(e)) from None
 

@@ -428,3 +428,54 @@ def _residual_norm(x, acc, lin: Linear, norm: Norm):
     ho = np.empty(x.shape, np.float32)
     nbk._nb_residual_norm(x, acc, lin.mult, lin.shift, RESIDUAL_LIMIT, norm.c, norm.eps, xo, ho)
     return xo, ho
+
+
+MIN_GROUP_LANES = 8  # LaneGroups: at least this many lanes per thread
+
+
+class LaneGroups:
+    """NpMegabyte's decoding interface (new_state, global_context, begin_patch,
+    local_step) with the lanes split into contiguous groups, each computed by its own
+    thread (the numba kernels and BLAS release the GIL): lanes are independent in the
+    model, so the tables are the same integers as one call over all lanes. Use as a
+    context manager (the threads stop on exit)."""
+
+    def __init__(self, model: NpMegabyte, lanes: int, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.m, self.config = model, model.config
+        g = max(1, min(threads, lanes // MIN_GROUP_LANES))
+        cuts = [lanes * i // g for i in range(g + 1)]
+        self.groups = list(zip(cuts[:-1], cuts[1:], strict=True))
+        self.pool = ThreadPoolExecutor(len(self.groups) - 1) if len(self.groups) > 1 else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown()
+        return False
+
+    def _run(self, fn, states, *arrays):
+        """fn(state_i, *(a[lo:hi] for a in arrays)) for every group (the first one on
+        this thread), results concatenated along the lanes."""
+        parts = [tuple(a[lo:hi] for a in arrays) for lo, hi in self.groups]
+        if self.pool is None:
+            return fn(states[0], *parts[0])
+        futures = [self.pool.submit(fn, s, *p) for s, p in zip(states[1:], parts[1:], strict=True)]
+        first = fn(states[0], *parts[0])
+        return np.concatenate([first] + [f.result() for f in futures], 0)
+
+    def new_state(self, batch: int) -> list[LaneState]:
+        return [self.m.new_state(hi - lo) for lo, hi in self.groups]
+
+    def global_context(self, states, prev_patches):
+        return self._run(self.m.global_context, states, prev_patches)
+
+    def begin_patch(self, states):
+        for s in states:
+            self.m.begin_patch(s)
+
+    def local_step(self, states, prev_byte, context):
+        return self._run(self.m.local_step, states, prev_byte, context)

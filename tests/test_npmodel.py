@@ -164,3 +164,22 @@ def test_cpu_coding_path_never_imports_torch(tmp_path):
     assert "no torch" in r.stdout
     assert back.read_bytes() == src.read_bytes()
     assert container.MODEL in {s.method for s in container.scan(packed.read_bytes()).segments}
+
+
+def test_lane_groups_on_threads_decode_the_same():
+    """decode_block with the model's lanes split over threads (npmodel.LaneGroups)."""
+    _, int_model = trained_pair()
+    m = NpMegabyte.from_int_model(int_model)
+    n = 2 * npmodel.MIN_GROUP_LANES + 3
+    segments = [word_text(100 + s, 40 + 3 * s) for s in range(n)]
+    stream, _ = coder.encode_block(m, segments)
+    lengths = [len(s) for s in segments]
+    for threads in (1, 2, 3):
+        assert coder.decode_block(m, stream, lengths, lane_threads=threads) == segments
+    with npmodel.LaneGroups(m, n, 3) as g:
+        assert len(g.groups) == 2
+        lanes = np.array([list(s[:40]) for s in segments], dtype=np.int64)
+        states = g.new_state(n)
+        ctx = g.global_context(states, lanes[:, :P].reshape(n, 1, P))
+        ref_state = m.new_state(n)
+        assert np.array_equal(ctx, m.global_context(ref_state, lanes[:, :P].reshape(n, 1, P)))
