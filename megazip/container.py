@@ -899,8 +899,9 @@ def cuda_available() -> bool:
 
 def _int_model(model, device: str):
     """(integer model on `device`, name for the header). On the CPU that is NpMegabyte
-    (megazip/npmodel.py: numpy and numba, no torch import), on CUDA the torch
-    IntMegabyte; their tables are identical. A model object given (NpMegabyte or
+    (megazip/npmodel.py: numpy and numba, no torch import; MEGAZIP_CPU_MODEL=torch: the
+    torch IntMegabyte, whose int8 GEMMs are faster on large inputs but whose import costs
+    seconds), on CUDA the torch IntMegabyte; their tables are identical. A model object given (NpMegabyte or
     IntMegabyte) is used as it is on its own kind of device (an IntMegabyte on the CPU
     too, its kernels with it), else a converted copy: the caller's object is never
     changed. Models loaded by name or path are cached (at most MODEL_CACHE_SIZE, keyed by
@@ -922,7 +923,7 @@ def _int_model(model, device: str):
     if key in _INT_MODELS:
         _INT_MODELS.move_to_end(key)
     else:
-        if on_cpu:
+        if on_cpu and os.environ.get("MEGAZIP_CPU_MODEL", "numpy") != "torch":
             from .npmodel import NpMegabyte
 
             if not path.is_file():

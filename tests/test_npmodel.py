@@ -183,3 +183,15 @@ def test_lane_groups_on_threads_decode_the_same():
         ctx = g.global_context(states, lanes[:, :P].reshape(n, 1, P))
         ref_state = m.new_state(n)
         assert np.array_equal(ctx, m.global_context(ref_state, lanes[:, :P].reshape(n, 1, P)))
+
+
+def test_cpu_model_can_be_the_torch_one(monkeypatch):
+    """MEGAZIP_CPU_MODEL=torch: the CPU path loads the torch IntMegabyte instead."""
+    from megazip.intmodel import IntMegabyte
+
+    monkeypatch.setenv("MEGAZIP_CPU_MODEL", "torch")
+    container.clear_model_cache()
+    try:
+        assert isinstance(container._int_model(checkpoint.DEFAULT_MODEL, "cpu")[0], IntMegabyte)
+    finally:
+        container.clear_model_cache()
