@@ -901,11 +901,12 @@ def _int_model(model, device: str):
     """(integer model on `device`, name for the header). On the CPU that is NpMegabyte
     (megazip/npmodel.py: numpy and numba, no torch import; MEGAZIP_CPU_MODEL=torch: the
     torch IntMegabyte, whose int8 GEMMs are faster on large inputs but whose import costs
-    seconds), on CUDA the torch IntMegabyte; their tables are identical. A model object given (NpMegabyte or
-    IntMegabyte) is used as it is on its own kind of device (an IntMegabyte on the CPU
-    too, its kernels with it), else a converted copy: the caller's object is never
-    changed. Models loaded by name or path are cached (at most MODEL_CACHE_SIZE, keyed by
-    file, modification time and device; clear_model_cache() empties it)."""
+    seconds), on CUDA the torch IntMegabyte; their tables are identical. A model object
+    given (NpMegabyte or IntMegabyte) is used as it is on its own kind of device (an
+    IntMegabyte on the CPU too, its kernels with it), else a converted copy: the caller's
+    object is never changed. Models loaded by name or path are cached (at most
+    MODEL_CACHE_SIZE, keyed by file, modification time and device; clear_model_cache()
+    empties it)."""
     from . import checkpoint
 
     if device == "auto":
