@@ -510,3 +510,125 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, 
     gemm_i8(h, _weights(w, layout[7], L, V), av)
     for b in range(B):
         _counts_row(av[b], i64, layout[8], layout[9], out_exp, COUNT_TOTAL, V, out[b])
+
+
+# ------------------------------------------------------------- int8 GEMM with AVX-512 VNNI
+# vpdpbusd multiplies 4 unsigned bytes by 4 signed bytes and adds the 4 products to an
+# int32, 16 lanes at a time: x (int8 values, shifted by +128 to unsigned) times int8
+# weights, then x @ w = (x + 128) @ w - 128 * colsum(w). Every sum is an int32 integer
+# (|acc| <= 255 * 127 * K < 2^31 for K <= 65536): exact by construction, like torch's
+# int8 GEMM. Used only where the CPU has the instruction (VNNI); 7-20x the float32 GEMMs.
+
+
+def _cpu_has_vnni() -> bool:
+    import os
+
+    if os.environ.get("MEGAZIP_VNNI", "1") == "0":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return {"avx512_vnni", "avx512bw", "avx512f"} <= flags
+    except OSError:
+        return False
+    return False
+
+
+VNNI = _cpu_has_vnni()
+VNNI_MR, VNNI_NV = 4, 4  # a tile: 4 rows x 64 columns (16 int32 accumulators)
+VNNI_N = 16 * VNNI_NV  # weight columns are padded to a multiple of this
+VNNI_MAX_K = 1 << 16
+
+
+def _vnni_tile_codegen(context, builder, signature, args):
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    i32 = ir.IntType(32)
+    v16 = ir.VectorType(i32, 16)
+    xa = context.make_array(signature.args[0])(context, builder, args[0])
+    wa = context.make_array(signature.args[2])(context, builder, args[2])
+    oa = context.make_array(signature.args[4])(context, builder, args[4])
+    m, n0 = args[1], args[3]
+    kq_n = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+    n_cols = cgutils.unpack_tuple(builder, wa.shape, 2)[1]
+    fnty = ir.FunctionType(v16, [v16, v16, v16])
+    dp = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+    zero = ir.Constant(v16, [0] * 16)
+    accs = [
+        [cgutils.alloca_once_value(builder, zero) for _ in range(VNNI_NV)] for _ in range(VNNI_MR)
+    ]
+    rows = [
+        builder.gep(xa.data, [builder.mul(builder.add(m, ir.Constant(m.type, r)), kq_n)])
+        for r in range(VNNI_MR)
+    ]
+    vp = v16.as_pointer()
+    with cgutils.for_range(builder, kq_n) as loop:
+        kq = loop.index
+        base = builder.add(builder.mul(kq, n_cols), n0)
+        wv = []
+        for i in range(VNNI_NV):
+            p = builder.gep(wa.data, [builder.add(base, ir.Constant(base.type, 16 * i))])
+            wv.append(builder.load(builder.bitcast(p, vp), align=4))
+        for r in range(VNNI_MR):
+            a = builder.load(builder.gep(rows[r], [kq]))
+            s = builder.insert_element(ir.Constant(v16, ir.Undefined), a, ir.Constant(i32, 0))
+            s = builder.shuffle_vector(s, ir.Constant(v16, ir.Undefined), zero)
+            for i in range(VNNI_NV):
+                acc = builder.load(accs[r][i])
+                builder.store(builder.call(dp, [acc, s, wv[i]]), accs[r][i])
+    for r in range(VNNI_MR):
+        ob = builder.add(builder.mul(builder.add(m, ir.Constant(m.type, r)), n_cols), n0)
+        for i in range(VNNI_NV):
+            p = builder.gep(oa.data, [builder.add(ob, ir.Constant(ob.type, 16 * i))])
+            builder.store(builder.load(accs[r][i]), builder.bitcast(p, vp), align=4)
+    return context.get_dummy_value()
+
+
+@nb.extending.intrinsic
+def _vnni_tile(typingctx, xu, m, wp, n0, out):
+    """out[m : m + 4, n0 : n0 + 64] = xu[m : m + 4] @ wp[:, n0 : n0 + 64] (vpdpbusd):
+    xu (Mp, KQ) int32 of 4 unsigned bytes, wp (KQ, Np) int32 of 4 signed bytes."""
+    return nb.types.void(xu, m, wp, n0, out), _vnni_tile_codegen
+
+
+@_jit
+def gemm_vnni(x, wp, colsum, out):
+    """out (M, N) int32 = x (M, K) int8 values (any numeric dtype) @ W, W packed by
+    pack_vnni (wp (ceil(K / 4), Np) int32, colsum (Np,) int32): exact."""
+    M, K = x.shape
+    KQ, Np = wp.shape
+    N = out.shape[1]
+    Mp = -(-M // VNNI_MR) * VNNI_MR
+    xu = np.empty((Mp, KQ), np.int32)
+    for m in range(Mp):
+        for q in range(KQ):
+            v = np.uint32(0)
+            for j in range(4):
+                k = 4 * q + j
+                b = np.uint32(128)
+                if m < M and k < K:
+                    b = np.uint32(np.int64(x[m, k]) + 128)
+                v |= b << np.uint32(8 * j)
+            xu[m, q] = np.int32(np.int64(v) - (np.int64(1) << 32) if v >= (1 << 31) else v)
+    tmp = np.empty((Mp, Np), np.int32)
+    for n0 in range(0, Np, VNNI_N):  # a 64-column block of W stays in L1 for all rows
+        for m in range(0, Mp, VNNI_MR):
+            _vnni_tile(xu, m, wp, n0, tmp)
+    for m in range(M):
+        for n in range(N):
+            out[m, n] = tmp[m, n] - 128 * colsum[n]
+
+
+def pack_vnni(w8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, N) int8 weights -> (wp (ceil(K / 4), Np) int32: 4 consecutive rows' bytes per
+    int32, columns padded with zeros to Np, a multiple of 64; colsum (Np,) int32)."""
+    K, N = w8.shape
+    Kp, Np = -(-K // 4) * 4, -(-N // VNNI_N) * VNNI_N
+    w = np.zeros((Kp, Np), np.int8)
+    w[:K, :N] = w8
+    wp = np.ascontiguousarray(w.reshape(Kp // 4, 4, Np).transpose(0, 2, 1)).view("<i4")
+    colsum = w.astype(np.int64).sum(0).astype(np.int32)
+    return np.ascontiguousarray(wp.reshape(Kp // 4, Np)).astype(np.int32), colsum

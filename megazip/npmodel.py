@@ -29,7 +29,8 @@ import numpy as np
 from . import nbkernels as nbk
 from .modelspec import COUNT_TOTAL, GEMM_BLOCK, PAD_BYTE, RESIDUAL_LIMIT, MegabyteConfig
 
-FUSED_MAX_LANES = 64  # local_step: one fused call up to this many lanes (then layer by layer)
+FUSED_MAX_LANES = 2 if nbk.VNNI else 64  # local_step: one fused call up to this many lanes
+# (then layer by layer: with VNNI its int8 GEMMs win from 4 lanes on, without from ~64)
 SMALL_GEMM_ROWS = 64  # Linear: numba's int8-weight GEMM up to this many rows, then BLAS
 
 # numpy dtype -> the torch dtype name that IntMegabyte.content_hash writes
@@ -64,12 +65,18 @@ class Linear:
     mult: np.ndarray  # (N,) int64
     shift: int
     w8: np.ndarray  # the same (K, N) as int8
+    vnni: tuple | None = None  # nbkernels.pack_vnni(w8) where the CPU has AVX-512 VNNI
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x (..., K) float32 integers -> accumulators (M, N) (M: all leading dims):
-        up to SMALL_GEMM_ROWS rows the numba int8-weight GEMM, else BLAS (both exact)."""
+        with AVX-512 VNNI the int8 GEMM (int32), else up to SMALL_GEMM_ROWS rows the
+        numba int8-weight GEMM and BLAS beyond (float32). All exact."""
         x = x.reshape(-1, x.shape[-1])
         M, K = x.shape
+        if self.vnni is not None:
+            acc = np.empty((M, self.w8.shape[1]), np.int32)
+            nbk.gemm_vnni(np.ascontiguousarray(x), self.vnni[0], self.vnni[1], acc)
+            return acc
         if M <= SMALL_GEMM_ROWS and K <= GEMM_BLOCK:
             acc = np.empty((M, self.w8.shape[1]), np.float32)
             nbk.gemm_i8(np.ascontiguousarray(x), self.w8, acc)
@@ -177,7 +184,8 @@ class NpMegabyte:
     def _linear(self, name):
         w8 = np.ascontiguousarray(self.tensors[f"{name}.w"].astype(np.int8).T)
         w = w8.astype(np.float32)
-        return Linear(w, self._t(f"{name}.mult"), self.ints[f"{name}.shift"], w8)
+        vnni = nbk.pack_vnni(w8) if nbk.VNNI and w8.shape[0] <= nbk.VNNI_MAX_K else None
+        return Linear(w, self._t(f"{name}.mult"), self.ints[f"{name}.shift"], w8, vnni)
 
     def _norm(self, name):
         return Norm(self._t(f"{name}.c"), self.ints[f"{name}.eps"])

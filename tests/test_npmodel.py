@@ -195,3 +195,36 @@ def test_cpu_model_can_be_the_torch_one(monkeypatch):
         assert isinstance(container._int_model(checkpoint.DEFAULT_MODEL, "cpu")[0], IntMegabyte)
     finally:
         container.clear_model_cache()
+
+
+@pytest.mark.parametrize("vnni", [False, True])
+def test_tables_equal_with_and_without_the_vnni_gemm(monkeypatch, vnni):
+    """Where the CPU has AVX-512 VNNI the linears use the int8 GEMM (nbkernels.
+    gemm_vnni); without it numba's float32 GEMM or BLAS: the same tables."""
+    from megazip import nbkernels
+
+    if vnni and not nbkernels.VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    monkeypatch.setattr(nbkernels, "VNNI", vnni)
+    monkeypatch.setattr(npmodel, "FUSED_MAX_LANES", 2)
+    int_model = saturate(random_int_model(5, 1.0), "checker")
+    lanes = kinds_lanes(WINDOW_BYTES + 4 * P)
+    check(int_model, lanes, chunks=(3, 64))
+    m = NpMegabyte.from_int_model(int_model)
+    assert all((b.qkv.vnni is not None) == vnni for b in m.global_blocks)
+
+
+def test_vnni_gemm_is_exact_at_the_extremes():
+    from megazip import nbkernels
+
+    if not nbkernels.VNNI:
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rng = np.random.default_rng(3)
+    for M, K, N in [(1, 1, 1), (3, 5, 70), (9, 1024, 64), (5, 3000, 130)]:
+        for xs, ws in [(127, 127), (-127, 127), (-127, -127), (None, None)]:
+            x = rng.integers(-127, 128, (M, K)) if xs is None else np.full((M, K), xs)
+            w = rng.integers(-127, 128, (K, N)) if ws is None else np.full((K, N), ws)
+            wp, cs = nbkernels.pack_vnni(w.astype(np.int8))
+            out = np.empty((M, N), np.int32)
+            nbkernels.gemm_vnni(x.astype(np.float32), wp, cs, out)
+            assert np.array_equal(out, x @ w)
