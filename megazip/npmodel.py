@@ -5,17 +5,20 @@ reference, and the CUDA path), from the same NAME.int_model.safetensors file, wi
 same methods (count_tables, global_context, begin_patch, local_step, ...) on numpy
 arrays. Its exactness rests on the same facts:
 
-- every matmul is a float32 GEMM (numpy / its BLAS) on integer-valued operands, |x|,
-  |w| <= 127, with K <= GEMM_BLOCK, so every partial sum is an integer below 2^24 and
-  exact in any summation order; larger K is split into such blocks summed in float64
-  (exact below 2^53);
+- every matmul is an int8 GEMM with int32 sums (AVX-512 VNNI, nbkernels.gemm_vnni, where
+  the CPU has it: exact by construction), or else a float32 GEMM (numba over int8
+  weights for few rows, BLAS beyond) on integer-valued operands, |x|, |w| <= 127, with
+  K <= GEMM_BLOCK, so every partial sum is an integer below 2^24 and exact in any
+  summation order; larger K is split into such blocks summed in float64 (exact below
+  2^53);
 - everything else runs in the numba kernels of megazip/nbkernels.py, the very integer
   code IntMegabyte's NumbaKernels backend runs.
 
 Importing this module costs numpy, numba and the kernels' cached machine code: no torch,
 so a CPU compress or decompress starts in well under a second. The decoder's per-byte
-step (local_step) runs the whole local model (every layer, the head, the counts) in one
-compiled call for all lanes: megazip/nbkernels.py's local_step_fused.
+step (local_step) runs the whole local model (every layer, the head, the counts) for all
+lanes in one compiled call (nbkernels.local_step_fused) for few lanes, else layer by
+layer with the GEMMs above.
 """
 
 from __future__ import annotations
