@@ -56,7 +56,9 @@ def text_source(corpora: Path) -> tuple[bytes, str]:
     return word_salad(max(SIZES.values())), "seeded word salad"
 
 
-def inputs(corpora: Path, quick: bool, folder: Path) -> tuple[list[tuple[str, Path]], str]:
+def inputs(
+    corpora: Path, quick: bool, folder: Path, generated_only: bool = False
+) -> tuple[list[tuple[str, Path]], str]:
     text, source = text_source(corpora)
     rng = random.Random(0)
     made = []
@@ -67,7 +69,7 @@ def inputs(corpora: Path, quick: bool, folder: Path) -> tuple[list[tuple[str, Pa
             p = folder / f"{kind}_{label}"
             p.write_bytes(data)
             made.append((f"{kind} {label}", p))
-    if not quick and corpora.is_dir():
+    if not (quick or generated_only) and corpora.is_dir():
         for sub in sorted(p for p in corpora.iterdir() if p.is_dir()):
             for f in sorted(sub.rglob("*")):
                 if f.is_file():
@@ -192,6 +194,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="generated inputs up to 64 KiB only")
     ap.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
+    ap.add_argument(
+        "--generated-only", action="store_true", help="generated inputs (up to 1 MiB) only"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per input (median)")
     ap.add_argument("--long-s", type=float, default=20.0, help="a slower round trip runs once")
     ap.add_argument("--only", default="", help="only inputs whose label contains this")
@@ -222,7 +227,9 @@ def main(argv=None) -> int:
     doc = {
         "machine": machine,
         "machine_line": markdown(machine),
-        "command": "python bench/speed.py" + (" --quick" if a.quick else ""),
+        "command": " ".join(
+            ["python bench/speed.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "repeat": a.repeat,
         "codecs": list(table),
         "rows": [],
@@ -231,7 +238,7 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-m", "megazip.warmup"], env=env, check=False)
     with tempfile.TemporaryDirectory(prefix="megazip-speed-") as tmp:
         tmp = Path(tmp)
-        files, doc["text_source"] = inputs(Path(a.corpora), a.quick, tmp)
+        files, doc["text_source"] = inputs(Path(a.corpora), a.quick, tmp, a.generated_only)
         for label, path in files:
             if a.only and a.only not in label:
                 continue

@@ -26,6 +26,14 @@ def main():
     """Lossless compression with a MEGABYTE byte-level transformer."""
 
 
+def _coding_env() -> None:
+    """Before numpy loads: its BLAS runs one thread (unless the user set it). Coding
+    multiplies small matrices (a few rows per decoding step), where a second BLAS thread
+    spins more than it helps; the second core runs the model a chunk ahead, or a worker
+    process of its own (-T)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 @main.command("compress")
 @click.argument("files", nargs=-1)
 @options(
@@ -73,6 +81,7 @@ def compress_cmd(
     frame_size,
 ):
     """Compress files to FILE.mgz (stdin to stdout with no file or '-')."""
+    _coding_env()
     from megazip import container
 
     files = files or (fileio.STDIO,)
@@ -142,6 +151,7 @@ def decompress_cmd(
     files, output, to_stdout, force, remove, model_name, device, threads, quiet, verbose
 ):
     """Decompress FILE.mgz to FILE (stdin to stdout with no file or '-')."""
+    _coding_env()
     from megazip import container
 
     files = files or (fileio.STDIO,)
@@ -192,6 +202,7 @@ class _Sink:
 @options(opt.model(in_file=True), opt.device, opt.threads, opt.quiet)
 def test_cmd(files, model_name, device, threads, quiet):
     """Verify .mgz files: decompress in memory and check every frame's checksum."""
+    _coding_env()
     from megazip import container
 
     dev = opt.pick_device(device, lazy=True)

@@ -50,7 +50,7 @@ import hashlib
 import numba as nb
 import numpy as np
 
-from .intmodel import COUNT_TOTAL
+from .modelspec import COUNT_TOTAL
 
 ADAPTIVE_VERSION = 3
 

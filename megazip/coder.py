@@ -13,6 +13,10 @@ One code path per job: BlockTables yields a block's final tables chunk by chunk 
 record length chosen and signalled as the stream does) and adds up their code lengths;
 encode_block range-codes those tables, code_lengths (evaluation) only iterates them, so an
 evaluation's code length is the encoder's to the last bit.
+
+Everything here is numpy: the integer model is NpMegabyte (megazip/npmodel.py, the CPU
+path: no torch is imported) or the torch IntMegabyte (CUDA, and the reference), which
+_TorchModel below adapts to the same numpy interface, importing torch only then.
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ from dataclasses import dataclass
 
 import constriction
 import numpy as np
-import torch
 
 from . import adaptive as adaptive_stage
 from .adaptive import LaneModels
-from .intmodel import COUNT_BITS, PAD_BYTE, IntMegabyte, exact_float32_matmuls
+from .modelspec import COUNT_BITS, PAD_BYTE
 
 FAMILY = constriction.stream.model.Categorical(perfect=False)
 CHUNK_PATCHES = 64  # patches per teacher-forced chunk (any value gives the same tables)
@@ -47,20 +50,67 @@ class CorruptStream(ValueError):
     """A stream that no encoder wrote: constriction refused it, or its framing is wrong."""
 
 
-def lanes_tensor(segments: list[bytes], patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def lanes_array(segments: list[bytes], patch: int) -> tuple[np.ndarray, np.ndarray]:
     """(lanes (B, T) int64 zero-padded to a multiple of `patch`, lengths (B,) int64)."""
-    lengths = torch.tensor([len(s) for s in segments], dtype=torch.int64)
+    lengths = np.array([len(s) for s in segments], dtype=np.int64)
     T = -(-max(1, int(lengths.max())) // patch) * patch
-    lanes = torch.zeros(len(segments), T, dtype=torch.int64)
+    lanes = np.zeros((len(segments), T), dtype=np.int64)
     for i, s in enumerate(segments):
-        lanes[i, : len(s)] = torch.frombuffer(bytearray(s), dtype=torch.uint8)
+        lanes[i, : len(s)] = np.frombuffer(s, dtype=np.uint8)
     return lanes, lengths
 
 
-def code_bits(counts: torch.Tensor, symbols: torch.Tensor) -> torch.Tensor:
-    """-log2 p(symbol) per position (float64; for accounting only, never for coding)."""
-    c = counts.gather(-1, symbols[..., None])[..., 0].double()
-    return COUNT_BITS - torch.log2(c)
+def code_bits(counts, symbols) -> np.ndarray:
+    """-log2 p(symbol) per position (float64; for accounting only, never for coding).
+    counts (..., 256) and symbols (...) integer arrays (or CPU tensors)."""
+    counts, symbols = np.asarray(counts), np.asarray(symbols)
+    c = np.take_along_axis(counts, symbols[..., None].astype(np.int64), -1)[..., 0]
+    return COUNT_BITS - np.log2(c.astype(np.float64))
+
+
+class _TorchModel:
+    """A torch IntMegabyte (megazip/intmodel.py) behind NpMegabyte's numpy interface:
+    numpy in, numpy out (tables copied from the device once per call)."""
+
+    def __init__(self, m):
+        import torch
+
+        self.m, self.torch, self.config = m, torch, m.config
+        self.device = m.device
+
+    def content_hash(self) -> str:
+        return self.m.content_hash()
+
+    def threads(self, n: int | None):
+        return torch_threads(n) if self.device.type == "cpu" else contextlib.nullcontext()
+
+    def count_tables(self, lanes: np.ndarray, chunk_patches: int):
+        for start, counts in self.m.count_tables(self.torch.from_numpy(lanes), chunk_patches):
+            yield start, counts.cpu().numpy()
+
+    def new_state(self, batch: int):
+        return self.m.new_state(batch)
+
+    def begin_patch(self, state):
+        self.m.begin_patch(state)
+
+    def global_context(self, state, prev_patches: np.ndarray):
+        with self.torch.no_grad():
+            prev = self.torch.from_numpy(prev_patches.astype(np.int64)).to(self.device)
+            return self.m.global_context(state, prev)  # stays on the device
+
+    def local_step(self, state, prev_byte: np.ndarray, context) -> np.ndarray:
+        with self.torch.no_grad():
+            prev = self.torch.from_numpy(prev_byte.astype(np.int64)).to(self.device)
+            return self.m.local_step(state, prev, context).cpu().numpy()
+
+
+def numpy_model(int_model):
+    """`int_model` with the numpy interface of NpMegabyte (an NpMegabyte as it is, an
+    IntMegabyte adapted)."""
+    if getattr(int_model, "numpy_api", False):
+        return int_model
+    return _TorchModel(int_model)
 
 
 @dataclass
@@ -68,14 +118,14 @@ class Chunk:
     """C consecutive positions of a block, from byte `start` of every lane."""
 
     start: int
-    symbols: torch.Tensor  # (B, C) int64: the bytes (padding zeros past a lane's end)
-    active: torch.Tensor  # (B, C) bool: positions that are coded (inside their lane)
-    prior: torch.Tensor  # (B, C, 256) int64: the integer model's counts
-    final: torch.Tensor  # (B, C, 256) int64: the counts coded (prior without the stage)
+    symbols: np.ndarray  # (B, C) int64: the bytes (padding zeros past a lane's end)
+    active: np.ndarray  # (B, C) bool: positions that are coded (inside their lane)
+    prior: np.ndarray  # (B, C, 256) int64: the integer model's counts
+    final: np.ndarray  # (B, C, 256) int64: the counts coded (prior without the stage)
 
-    def bits(self, counts: torch.Tensor) -> torch.Tensor:
+    def bits(self, counts: np.ndarray) -> np.ndarray:
         """(B,) float64: bits of each lane's active positions under `counts`."""
-        return torch.where(self.active, code_bits(counts, self.symbols), 0.0).sum(1)
+        return np.where(self.active, code_bits(counts, self.symbols), 0.0).sum(1)
 
 
 class BlockTables:
@@ -84,28 +134,29 @@ class BlockTables:
     With the adaptive stage, the block's record length is chosen from all its bytes
     (adaptive.choose_record) and `head` holds it as the stream's first 4 bytes
     (little-endian); without it, `head` is empty. Iterating yields Chunk after Chunk
-    (CPU tensors), each position's final table computed exactly as the decoder will, and
+    (numpy arrays), each position's final table computed exactly as the decoder will, and
     adds up the code lengths: after a full iteration, `prior_bits` and `final_bits`
     (B,) float64 hold each segment's bits under the integer model alone and under the
     final tables (sums of -log2 p, chunk by chunk in position order)."""
 
     def __init__(
         self,
-        int_model: IntMegabyte,
+        int_model,
         segments: list[bytes],
         adaptive: bool = True,
         chunk_patches: int | None = None,
         threads: int | None = None,
     ):
+        int_model = numpy_model(int_model)
         self.int_model, self.adaptive = int_model, adaptive
         P = int_model.config.patch_size
         self.chunk_patches = chunk_patches or chunk_patches_for(len(segments), P)
         self.threads = threads
-        self.lanes, self.lengths = lanes_tensor(segments, int_model.config.patch_size)
+        self.lanes, self.lengths = lanes_array(segments, int_model.config.patch_size)
         self.record = adaptive_stage.choose_record(segments) if adaptive else 0
         self.head = self.record.to_bytes(4, "little") if adaptive else b""
-        self.prior_bits = torch.zeros(len(segments), dtype=torch.float64)
-        self.final_bits = torch.zeros(len(segments), dtype=torch.float64)
+        self.prior_bits = np.zeros(len(segments), dtype=np.float64)
+        self.final_bits = np.zeros(len(segments), dtype=np.float64)
 
     def __iter__(self) -> Iterator[Chunk]:
         lanes, lengths = self.lanes, self.lengths
@@ -113,23 +164,29 @@ class BlockTables:
         tables = self.int_model.count_tables(lanes, self.chunk_patches)
         with contextlib.ExitStack() as stack:
             n = self.threads
-            stack.enter_context(torch_threads(None if n is None else max(1, n - 1)))
+            stack.enter_context(
+                _model_threads(self.int_model, None if n is None else max(1, n - 1))
+            )
             if n is not None and n > 1 and models is not None:  # the model a chunk ahead
                 tables = stack.enter_context(_ahead(tables))
-            for start, counts in tables:
-                prior = counts.cpu()
+            for start, prior in tables:
                 C = prior.shape[1]
                 sym = lanes[:, start : start + C]
-                active = lengths[:, None] > torch.arange(start, start + C)  # (B, C)
+                active = lengths[:, None] > np.arange(start, start + C)  # (B, C)
                 final = prior
                 if models is not None:
-                    final = torch.from_numpy(
-                        adaptive_stage.mix_chunk(models, prior.numpy(), sym.numpy(), active.numpy())
-                    )
+                    final = adaptive_stage.mix_chunk(models, prior, sym, active)
                 chunk = Chunk(start, sym, active, prior, final)
                 self.prior_bits += chunk.bits(prior)
                 self.final_bits += chunk.bits(final)
                 yield chunk
+
+
+def _model_threads(model, n: int | None):
+    """Within: a torch model runs `n` intra-op threads (None: unchanged); NpMegabyte's
+    BLAS keeps its own setting (OPENBLAS_NUM_THREADS; the CLI and workers use 1)."""
+    threads = getattr(model, "threads", None)
+    return threads(n) if threads is not None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -181,7 +238,7 @@ def _ahead(items: Iterator):
 
 
 def code_lengths(
-    int_model: IntMegabyte,
+    int_model,
     segments: list[bytes],
     adaptive: bool = True,
     chunk_patches: int | None = None,
@@ -197,7 +254,7 @@ def code_lengths(
 
 
 def encode_block(
-    int_model: IntMegabyte,
+    int_model,
     segments: list[bytes],
     chunk_patches: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -216,9 +273,9 @@ def encode_block(
     tables = BlockTables(int_model, segments, adaptive, chunk_patches, threads=threads)
     enc = constriction.stream.queue.RangeEncoder()
     for chunk in tables:
-        order = chunk.active.t()  # position-major: (C, B)
-        probs = chunk.final.transpose(0, 1)[order].to(torch.float64).numpy()
-        symbols = chunk.symbols.t()[order].to(torch.int32).numpy()
+        order = chunk.active.T  # position-major: (C, B)
+        probs = chunk.final.transpose(1, 0, 2)[order].astype(np.float64)
+        symbols = chunk.symbols.T[order].astype(np.int32)
         if len(symbols):
             enc.encode(symbols, FAMILY, probs)
         if progress:
@@ -233,6 +290,8 @@ def encode_block(
 def torch_threads(n: int | None):
     """Within: torch runs `n` intra-op threads (None: unchanged); restored on exit, also
     on error. The setting is the process's, so it applies to other threads meanwhile."""
+    import torch
+
     before = torch.get_num_threads()
     if n is not None and n != before:
         torch.set_num_threads(n)
@@ -244,12 +303,13 @@ def torch_threads(n: int | None):
 
 
 def decode_block(
-    int_model: IntMegabyte,
+    int_model,
     stream: bytes,
     lengths: list[int],
     progress: Callable[[int], None] | None = None,
     adaptive: bool = True,
     threads: int | None = DECODE_THREADS,
+    lane_threads: int = 1,
 ) -> list[bytes]:
     """Decode the lanes of one block from `stream`, given each lane's length (and whether
     the encoder used the adaptive stage).
@@ -257,8 +317,9 @@ def decode_block(
     Byte by byte, every product has only B rows: a second CPU thread gains nothing, and on
     a busy machine its barriers cost more than the work. So on the CPU torch runs
     `threads` threads (default 1; None: the caller's setting) while this call runs, and
-    the caller's thread count is restored when it returns or raises. The output does not
-    depend on it."""
+    the caller's thread count is restored when it returns or raises. With NpMegabyte,
+    `lane_threads` > 1 threads compute the model for groups of lanes in parallel
+    (npmodel.LaneGroups). The output depends on neither."""
     P = int_model.config.patch_size
     if len(stream) % 4:
         raise CorruptStream("corrupt model stream: length is not a multiple of 4")
@@ -274,51 +335,54 @@ def decode_block(
     dec = constriction.stream.queue.RangeDecoder(words)
     B = len(lengths)
     T = -(-max(1, max(lengths)) // P) * P
-    dev = int_model.device
+    int_model = numpy_model(int_model)
     out = np.zeros((B, T), np.uint8)  # the decoded bytes, on the host
-    state = int_model.new_state(B)
     models = LaneModels(B, T, record) if adaptive else None
-    with torch_threads(threads if dev.type == "cpu" else None), exact_float32_matmuls():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_model_threads(int_model, threads))
+        if lane_threads > 1 and getattr(int_model, "numpy_api", False):
+            from .npmodel import LaneGroups
+
+            int_model = stack.enter_context(LaneGroups(int_model, B, lane_threads))
+        state = int_model.new_state(B)
         _decode_steps(int_model, dec, out, np.asarray(lengths, np.int64), state, models, progress)
     return [out[i, :n].tobytes() for i, n in enumerate(lengths)]
 
 
 def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
     """The lockstep decoding loop of decode_block: fills `out` (B, T) uint8 in place.
-    Bookkeeping (lengths, active lanes, the bytes) stays on the host: per step, one copy
-    of the counts from the device and one of the bytes to it (none on the CPU)."""
+    Bookkeeping (lengths, active lanes, the bytes) stays on the host; per step one model
+    call (the whole local model), one adaptive mix and update, one range-decoder call."""
     P = int_model.config.patch_size
     B, T = out.shape
-    dev = int_model.device
-    with torch.no_grad():
-        for k in range(T // P):
-            prev = out[:, (k - 1) * P : k * P] if k else out[:, :P]
-            prev = torch.from_numpy(prev.astype(np.int64)).to(dev)
-            ctx = int_model.global_context(state, prev.reshape(B, 1, P))[:, 0]  # (B, P, L)
-            int_model.begin_patch(state)
-            prev_byte = torch.full((B,), PAD_BYTE, dtype=torch.int64, device=dev)
-            for j in range(P):
-                t = k * P + j
-                act = lens > t
-                n = int(np.count_nonzero(act))
-                if n == 0:  # every lane is done
-                    return
-                counts = int_model.local_step(state, prev_byte, ctx[:, j]).cpu().numpy()
-                if models is not None:
-                    counts = adaptive_stage.mix(models, counts, act)
-                probs = (counts if n == B else counts[act]).astype(np.float64)
-                try:
-                    sym = dec.decode(FAMILY, probs).astype(np.uint8)
-                except (AssertionError, ValueError, RuntimeError, OverflowError):
-                    # constriction found data no encoder writes with these tables
-                    raise CorruptStream("corrupt model stream") from None
-                if n == B:
-                    out[:, t] = sym
-                else:
-                    out[act, t] = sym
-                column = np.ascontiguousarray(out[:, t])
-                prev_byte = torch.from_numpy(column.astype(np.int64)).to(dev)
-                if models is not None:
-                    adaptive_stage.update(models, column, act)
-                if progress:
-                    progress(n)
+    pad = np.full((B,), PAD_BYTE, dtype=np.int64)
+    for k in range(T // P):
+        prev = out[:, (k - 1) * P : k * P] if k else out[:, :P]
+        ctx = int_model.global_context(state, prev.reshape(B, 1, P))[:, 0]  # (B, P, L)
+        int_model.begin_patch(state)
+        prev_byte = pad
+        for j in range(P):
+            t = k * P + j
+            act = lens > t
+            n = int(np.count_nonzero(act))
+            if n == 0:  # every lane is done
+                return
+            counts = int_model.local_step(state, prev_byte, ctx[:, j])
+            if models is not None:
+                counts = adaptive_stage.mix(models, counts, act)
+            probs = (counts if n == B else counts[act]).astype(np.float64)
+            try:
+                sym = dec.decode(FAMILY, probs).astype(np.uint8)
+            except (AssertionError, ValueError, RuntimeError, OverflowError):
+                # constriction found data no encoder writes with these tables
+                raise CorruptStream("corrupt model stream") from None
+            if n == B:
+                out[:, t] = sym
+            else:
+                out[act, t] = sym
+            column = np.ascontiguousarray(out[:, t])
+            prev_byte = column.astype(np.int64)
+            if models is not None:
+                adaptive_stage.update(models, column, act)
+            if progress:
+                progress(n)

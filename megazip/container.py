@@ -691,7 +691,9 @@ def _decode_block_job(int_model, job, progress, threads=1):
 
     stream, lengths, adaptive = job
     try:
-        return decode_block(int_model, stream, lengths, progress, adaptive=adaptive)
+        return decode_block(
+            int_model, stream, lengths, progress, adaptive=adaptive, lane_threads=threads or 1
+        )
     except CorruptStream as e:
         raise FormatError(str(e)) from None
 
@@ -714,9 +716,10 @@ _WORKER: dict = {}
 
 
 def _worker_init(int_model) -> None:
-    import torch
+    if not getattr(int_model, "numpy_api", False):  # a torch IntMegabyte
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     _WORKER["model"] = int_model
 
 
@@ -880,28 +883,68 @@ def model_identity(model=None, device: str = "cpu") -> tuple[str, str]:
     return name, int_model.content_hash()
 
 
-def _int_model(model, device: str):
-    """(integer model on `device`, name for the header). An IntMegabyte given is used as
-    it is (its kernels too) when on `device`, else a moved copy: the caller's object is
-    never changed. Models loaded by name or path are cached (at most MODEL_CACHE_SIZE,
-    keyed by file, modification time and device; clear_model_cache() empties it)."""
-    import torch
+def cuda_available() -> bool:
+    """Whether a CUDA GPU is usable, importing torch only where one may be: without an
+    NVIDIA device node (/dev/nvidia0, ...) the answer is no, at no cost."""
+    import glob
 
+    if not glob.glob("/dev/nvidia[0-9]*"):
+        return False
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return torch.cuda.is_available()
+
+
+def _int_model(model, device: str):
+    """(integer model on `device`, name for the header). On the CPU that is NpMegabyte
+    (megazip/npmodel.py: numpy and numba, no torch import; MEGAZIP_CPU_MODEL=torch: the
+    torch IntMegabyte, whose int8 GEMMs are faster on large inputs but whose import costs
+    seconds), on CUDA the torch IntMegabyte; their tables are identical. A model object
+    given (NpMegabyte or IntMegabyte) is used as it is on its own kind of device (an
+    IntMegabyte on the CPU too, its kernels with it), else a converted copy: the caller's
+    object is never changed. Models loaded by name or path are cached (at most
+    MODEL_CACHE_SIZE, keyed by file, modification time and device; clear_model_cache()
+    empties it)."""
     from . import checkpoint
-    from .intmodel import IntMegabyte
 
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if isinstance(model, IntMegabyte):
-        on_device = model.device == torch.device(device)
-        return (model if on_device else model.to(device)), "custom"
+        device = "cuda" if cuda_available() else "cpu"
+    device = str(device)
+    on_cpu = device == "cpu"
+    if not isinstance(model, (str, os.PathLike)):  # a model object
+        if getattr(model, "numpy_api", False):
+            return (model if on_cpu else _to_torch(model, device)), "custom"
+        if str(model.device) == device:
+            return model, "custom"
+        return model.to(device), "custom"
     path = checkpoint.int_model_path(model)
-    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, str(device))
+    key = (str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0, device)
     if key in _INT_MODELS:
         _INT_MODELS.move_to_end(key)
     else:
-        _INT_MODELS[key] = checkpoint.load_int_model(model).to(device)
+        if on_cpu and os.environ.get("MEGAZIP_CPU_MODEL", "numpy") != "torch":
+            from .npmodel import NpMegabyte
+
+            if not path.is_file():
+                raise checkpoint.ModelNotFound(
+                    f"model {model} has no integer coding model ({path.name})"
+                )
+            _INT_MODELS[key] = NpMegabyte.load(path)
+        else:
+            _INT_MODELS[key] = checkpoint.load_int_model(model).to(device)
         while len(_INT_MODELS) > MODEL_CACHE_SIZE:
             _INT_MODELS.popitem(last=False)
     name = str(model).rstrip("/").split("/")[-1]
     return _INT_MODELS[key], name.removesuffix(".json")
+
+
+def _to_torch(np_model, device: str):
+    """The torch IntMegabyte of an NpMegabyte, on `device`."""
+    import torch
+
+    from .intmodel import IntMegabyte
+
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in np_model.tensors.items()}
+    return IntMegabyte(np_model.config, tensors, dict(np_model.ints)).to(device)

@@ -31,15 +31,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import RESIDUAL_LIMIT, kernels_for
-from .model import PAD_BYTE, MegabyteConfig
-
-COUNT_BITS = 24
-COUNT_TOTAL = 1 << COUNT_BITS  # every count table sums to this
-GEMM_BLOCK = 1024  # largest K per float32 GEMM: 127 * 127 * 1024 < 2^24
-ATTN_UNIT = 32  # attention logits in 1/32 nat
-OUT_UNIT = 64  # output logits in 1/64 nat
-OUT_EXP_BITS = 30
+from .kernels import kernels_for
+from .modelspec import (  # noqa: F401 (re-exported: the constants live torch-free there)
+    ATTN_UNIT,
+    COUNT_BITS,
+    COUNT_TOTAL,
+    GEMM_BLOCK,
+    OUT_EXP_BITS,
+    OUT_UNIT,
+    PAD_BYTE,
+    RESIDUAL_LIMIT,
+    MegabyteConfig,
+)
 
 
 class _ExactFloat32:

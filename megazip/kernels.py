@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import os
 
-import numba as nb
 import numpy as np
 import torch
 
-RESIDUAL_LIMIT = 1 << 26  # residual streams are clamped to +-this (sums of squares fit int64)
-PROB_BITS = 15  # attention probabilities sum to ~2^15
-MASKED = -(1 << 40)
-
+from .modelspec import MASKED, PROB_BITS, RESIDUAL_LIMIT  # noqa: F401 (re-exported)
+from .nbkernels import (
+    _nb_attend,
+    _nb_attention,
+    _nb_counts,
+    _nb_gelu,
+    _nb_norm,
+    _nb_qkv_to_cache,
+    _nb_requant,
+    _nb_residual_norm,
+)
 
 # ------------------------------------------------------------------------- reference
 
@@ -144,234 +150,6 @@ class TorchKernels:
         counts = 1 + torch.div(e * free, e.sum(-1, keepdim=True), rounding_mode="floor")
         rest = total - counts.sum(-1, keepdim=True)
         return counts.scatter_add(-1, z.argmin(-1, keepdim=True), rest)
-
-
-# ---------------------------------------------------------------------------- numba
-
-_jit = nb.njit(cache=True, nogil=True, fastmath=False)
-
-
-@_jit
-def _floordiv(n, d, inv):
-    """floor(n / d) for int64 n and d > 0 with |n / d| < 2^50, given inv = 1.0 / d: a
-    float64 estimate (relative error < 2^-51, so within 1 of the quotient), then one
-    integer correction each way. Branch-free and exact; an int64 division costs ~10x
-    more, and these run once per element."""
-    q = np.int64(np.floor(np.float64(n) * inv))
-    q -= np.int64(q * d > n)
-    q += np.int64((q + 1) * d <= n)
-    return q
-
-
-@_jit
-def _norm_row(x, ss, c, eps, out):
-    """out = norm of the int64 row x, given ss = sum(x^2) (TorchKernels.norm)."""
-    D = x.shape[0]
-    n = ss // D + eps
-    r = np.int64(np.sqrt(np.float64(n)))
-    while r * r > n:
-        r -= 1
-    while (r + 1) * (r + 1) <= n:
-        r += 1
-    r <<= 16
-    d = 2 * r
-    inv = 1.0 / np.float64(d)
-    for j in range(D):  # branch-free, so LLVM vectorizes it
-        t = 2 * x[j] * c[j] + r
-        # float estimate of floor(t / d), clamped to [-129, 128]: within 1 of the
-        # exact quotient when that is in [-128, 127], on its side of the range if not
-        y = np.int64(min(max(np.floor(np.float64(t) * inv), -129.0), 128.0))
-        y -= np.int64(y * d > t)
-        y += np.int64((y + 1) * d <= t)
-        out[j] = min(max(y, -127), 127)  # = clamp(floor(t / d), -127, 127)
-
-
-@_jit
-def _nb_norm(x, c, eps, out):
-    M, D = x.shape
-    for i in range(M):
-        ss = 0
-        for j in range(D):
-            ss += x[i, j] * x[i, j]
-        _norm_row(x[i], ss, c, eps, out[i])
-
-
-@_jit
-def _nb_residual_norm(x, acc, mult, shift, limit, c, eps, xo, ho):
-    M, N = acc.shape
-    half = np.int64(1) << (shift - 1)
-    for i in range(M):
-        ss = 0
-        for j in range(N):
-            y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
-            y = min(max(y, -limit), limit) + x[i, j]
-            y = min(max(y, -limit), limit)
-            xo[i, j] = y
-            ss += y * y
-        _norm_row(xo[i], ss, c, eps, ho[i])
-
-
-@_jit
-def _nb_qkv_to_cache(acc, mult, shift, kbuf, vbuf, n, q):
-    B, T, _ = acc.shape
-    H, hd = kbuf.shape[1], kbuf.shape[3]
-    half = np.int64(1) << (shift - 1)
-    for b in range(B):
-        for t in range(T):
-            for h in range(H):
-                c = h * hd  # q, then k at c + H * hd, then v
-                qr, kr, vr = q[b, h, t], kbuf[b, h, n + t], vbuf[b, h, n + t]
-                for j in range(hd):
-                    y = (np.int64(acc[b, t, c + j]) * mult[c + j] + half) >> shift
-                    qr[j] = min(max(y, -127), 127)
-                c += H * hd
-                for j in range(hd):
-                    y = (np.int64(acc[b, t, c + j]) * mult[c + j] + half) >> shift
-                    kr[j] = min(max(y, -127), 127)
-                c += H * hd
-                for j in range(hd):
-                    y = (np.int64(acc[b, t, c + j]) * mult[c + j] + half) >> shift
-                    vr[j] = min(max(y, -127), 127)
-
-
-@_jit
-def _nb_requant(acc, mult, shift, limit, out):
-    M, N = acc.shape
-    half = np.int64(1) << (shift - 1)
-    for i in range(M):
-        for j in range(N):
-            y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
-            out[i, j] = min(max(y, -limit), limit)
-
-
-@_jit
-def _nb_gelu(acc, mult, shift, table, out):
-    M, N = acc.shape
-    limit = (table.shape[0] - 1) // 2
-    half = np.int64(1) << (shift - 1)
-    idx = np.empty(N, np.int64)
-    for i in range(M):
-        for j in range(N):  # vectorized, then the gathers
-            y = (np.int64(acc[i, j]) * mult[j] + half) >> shift
-            idx[j] = min(max(y, -limit), limit) + limit
-        for j in range(N):
-            out[i, j] = table[idx[j]]
-
-
-@_jit
-def _nb_attention(scores, mult, shift, alibi, window, exp, out):
-    R, T, S = scores.shape  # rows = B * H, head = row % H
-    H = alibi.shape[0]
-    maxd = alibi.shape[1] - 1
-    E = exp.shape[0] - 1
-    half = np.int64(1) << (shift - 1)
-    for r in range(R):
-        h = r % H
-        logits = np.empty(S, np.int64)
-        for t in range(T):
-            q = S - T + t
-            lo = 0 if window == 0 else max(0, q - window + 1)
-            top = np.int64(-(1 << 62))
-            for s in range(lo, q + 1):
-                v = ((np.int64(scores[r, t, s]) * mult + half) >> shift) - alibi[
-                    h, min(q - s, maxd)
-                ]
-                logits[s] = v
-                top = max(top, v)
-            den = np.int64(0)
-            for s in range(lo, q + 1):
-                e = exp[min(top - logits[s], E)]
-                logits[s] = e
-                den += e
-            for s in range(S):
-                out[r, t, s] = 0.0
-            inv = 1.0 / np.float64(den)
-            for s in range(lo, q + 1):
-                out[r, t, s] = _floordiv((logits[s] << 15) + den // 2, den, inv)  # <= 2^15
-
-
-# Every partial sum below is an integer below 2^24, exact in float32 in any order, so
-# LLVM may reassociate (vectorize) the sums. (No numba threads here: a parallel=True
-# numba kernel in the same process was seen to slow torch's int8 GEMM 400-fold.)
-@nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_shift, out):
-    B, H, T, hd = q.shape  # int8; k, v: (B, H, capacity, hd) int8, keys lo..hi-1
-    S = hi - lo  # out (B, T, H * hd) int8
-    maxd = alibi.shape[1] - 1
-    E = exp.shape[0] - 1
-    half = np.int64(1) << (shift - 1)
-    ohalf = np.int64(1) << (out_shift - 1)
-    w = np.empty(S, np.int64)
-    qf = np.empty(hd, np.float32)
-    y = np.empty(hd, np.float32)
-    sc = np.empty(S, np.float32)
-    for b in range(B):
-        for h in range(H):
-            kb, vb = k[b, h], v[b, h]
-            for t in range(T):
-                pos = S - T + t
-                first = 0 if window == 0 else max(0, pos - window + 1)
-                for j in range(hd):
-                    qf[j] = q[b, h, t, j]
-                for s in range(first, pos + 1):
-                    kr = kb[lo + s]
-                    acc = np.float32(0.0)  # |q.k| <= hd * 128 * 128 < 2^24: exact
-                    for j in range(hd):
-                        acc += qf[j] * np.float32(kr[j])
-                    sc[s] = acc
-                top = np.int64(-(1 << 62))
-                for s in range(first, pos + 1):
-                    d = min(pos - s, maxd)
-                    logit = ((np.int64(sc[s]) * mult + half) >> shift) - alibi[h, d]
-                    w[s] = logit
-                    top = max(top, logit)
-                den = np.int64(0)
-                for s in range(first, pos + 1):
-                    e = exp[min(top - w[s], E)]
-                    w[s] = e
-                    den += e
-                for j in range(hd):
-                    y[j] = 0.0
-                inv = 1.0 / np.float64(den)
-                for s in range(first, pos + 1):
-                    p = np.float32(_floordiv((w[s] << 15) + den // 2, den, inv))  # <= 2^15
-                    vr = vb[lo + s]
-                    for j in range(hd):  # |y| <= (2^15 + S) * 128 < 2^24: exact
-                        y[j] += p * np.float32(vr[j])
-                for j in range(hd):
-                    c = h * hd + j
-                    r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
-                    out[b, t, c] = min(max(r, -127), 127)  # int8
-
-
-@_jit
-def _nb_counts(acc, mult, shift, exp, total, out):
-    M, N = acc.shape
-    E = exp.shape[0] - 1
-    half = np.int64(1) << (shift - 1)
-    lim = np.int64(1) << 40
-    free = total - N
-    for i in range(M):
-        logits = np.empty(N, np.int64)
-        top = -lim
-        best = 0
-        for j in range(N):
-            v = (np.int64(acc[i, j]) * mult[j] + half) >> shift
-            v = min(max(v, -lim), lim)
-            logits[j] = v
-            if v > top:
-                top, best = v, j
-        den = np.int64(0)
-        for j in range(N):
-            logits[j] = exp[min(top - logits[j], E)]
-            den += logits[j]
-        used = np.int64(0)
-        inv = 1.0 / np.float64(den)
-        for j in range(N):
-            c = 1 + _floordiv(logits[j] * free, den, inv)  # quotient <= free
-            out[i, j] = c
-            used += c
-        out[i, best] += total - used
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -20,49 +20,12 @@ G = global width (P * D_G), L = local width, H heads.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PAD_BYTE = 256  # index of the learned "previous byte" embedding at the start of each patch
-
-
-@dataclass
-class MegabyteConfig:
-    patch_size: int = 8  # P bytes per patch
-    global_dim: int = 256  # G, width of the global model; must be a multiple of P
-    global_layers: int = 4
-    global_heads: int = 4
-    local_dim: int = 128  # L
-    local_layers: int = 2
-    local_heads: int = 4
-    window: int = 128  # W, patches of global context (including the current one)
-    mlp_ratio: int = 4
-
-    def __post_init__(self):
-        assert self.global_dim % self.patch_size == 0, "global_dim must be a multiple of P"
-        assert self.global_dim % self.global_heads == 0
-        assert self.local_dim % self.local_heads == 0
-        assert self.window >= 1
-
-    @property
-    def byte_dim(self) -> int:
-        """D_G: width of one byte's slice of the global model."""
-        return self.global_dim // self.patch_size
-
-    @property
-    def context_bytes(self) -> int:
-        return self.window * self.patch_size
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MegabyteConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
+from .modelspec import PAD_BYTE, MegabyteConfig  # noqa: F401 (torch-free; re-exported)
 
 PRESETS: dict[str, MegabyteConfig] = {
     # ~3.6 M parameters: trains on a laptop CPU, codes at tens of KB/s there.

@@ -1,0 +1,58 @@
+"""What the coding path needs to know about the model, without torch: the MEGABYTE
+config, the pad byte, and the fixed constants of the integer coding model (count tables,
+GEMM blocking, fixed-point units). megazip/model.py (training, torch) and
+megazip/intmodel.py re-export them; the torch-free CPU coding path (megazip/npmodel.py,
+megazip/nbkernels.py, megazip/adaptive.py, megazip/coder.py) imports them from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# ---- the integer coding model's fixed constants (megazip/intmodel.py documents them)
+COUNT_BITS = 24
+COUNT_TOTAL = 1 << COUNT_BITS  # every count table sums to this
+GEMM_BLOCK = 1024  # largest K per float32 GEMM: 127 * 127 * 1024 < 2^24
+ATTN_UNIT = 32  # attention logits in 1/32 nat
+OUT_UNIT = 64  # output logits in 1/64 nat
+OUT_EXP_BITS = 30
+RESIDUAL_LIMIT = 1 << 26  # residual streams are clamped to +-this (sums of squares fit int64)
+PROB_BITS = 15  # attention probabilities sum to ~2^15
+MASKED = -(1 << 40)
+
+PAD_BYTE = 256  # index of the learned "previous byte" embedding at the start of each patch
+
+
+@dataclass
+class MegabyteConfig:
+    patch_size: int = 8  # P bytes per patch
+    global_dim: int = 256  # G, width of the global model; must be a multiple of P
+    global_layers: int = 4
+    global_heads: int = 4
+    local_dim: int = 128  # L
+    local_layers: int = 2
+    local_heads: int = 4
+    window: int = 128  # W, patches of global context (including the current one)
+    mlp_ratio: int = 4
+
+    def __post_init__(self):
+        assert self.global_dim % self.patch_size == 0, "global_dim must be a multiple of P"
+        assert self.global_dim % self.global_heads == 0
+        assert self.local_dim % self.local_heads == 0
+        assert self.window >= 1
+
+    @property
+    def byte_dim(self) -> int:
+        """D_G: width of one byte's slice of the global model."""
+        return self.global_dim // self.patch_size
+
+    @property
+    def context_bytes(self) -> int:
+        return self.window * self.patch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MegabyteConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
