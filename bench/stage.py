@@ -187,17 +187,31 @@ def measure(path: Path, priors: Priors, mode: str, stage=None) -> dict:
     }
 
 
+def load_stage(path: str):
+    """A copy of megazip/adaptive.py at `path`, imported inside the megazip package."""
+    import importlib.util
+
+    name = "megazip._stage_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--prior", choices=("shipped", "flat", "none"), default="shipped")
     ap.add_argument("--json")
+    ap.add_argument("--stage", help="a variant of megazip/adaptive.py to replay instead")
     args = ap.parse_args(argv)
     priors = Priors(args.model)
+    stage = load_stage(args.stage) if args.stage else None
     rows = []
     for f in files_of(args.paths):
-        r = measure(f, priors, args.prior)
+        r = measure(f, priors, args.prior, stage)
         rows.append(r)
         mbs = r["bytes"] / 1e6 / r["stage_s"] if r["stage_s"] else math.inf
         print(

@@ -59,24 +59,35 @@ ADAPTIVE_VERSION = 3
 # clamped to [-SMAX, SMAX]
 SMAX = 3071
 ORDERS = (2, 3, 4, 6)  # hashed byte contexts (order 1 is a direct table)
-# plus the word context, two record (or sparse) contexts, and two contexts that exist
-# only with a record length (order 0; the byte above, its right neighbour and the last)
-N_HASHED = len(ORDERS) + 5
-N_EXTRA = 2
-# mixer inputs: bias, prior, order 1, hashed orders, word, match
-N_IN = 3 + N_HASHED + 1
+# plus the word context, two record (or sparse) contexts; then, in a lane without a
+# record length, the word bigram (K_TEXT contexts in all), and in a lane with one, order
+# 0, the byte above with its right neighbour and the last, and two column contexts (the
+# position in the record with the byte above, and with the two bytes above): K_REC
+N_HASHED = len(ORDERS) + 7
+K_TEXT = len(ORDERS) + 4
+K_REC = N_HASHED
+H_WORD = len(ORDERS)
+H_BIGRAM = len(ORDERS) + 3
+N_BITMAP = 2  # bit-level 2-D contexts of a lane with a record length (direct tables)
+BITMAP_BITS = (12, 20)
+# mixer inputs: bias, prior, order 1, hashed contexts, bitmap contexts, match
+N_IN = 3 + N_HASHED + N_BITMAP + 1
 IN_BIAS, IN_PRIOR, IN_O1, IN_H0 = 0, 1, 2, 3
+IN_BM = IN_H0 + N_HASHED
 IN_MATCH = N_IN - 1
+N_SEL2 = 5 * 8 * 3 * 2  # second mixer's weight sets: (confirmed orders, depth, match, record)
 RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
 LONG_MATCH = 16
 MIX_SHIFT = 16  # weights: 1.0 = 2^16
+FINAL_SHIFT = 13  # the final mixer's learning rate (as LR_SHIFT)
 LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
 LR_HALF = 256  # the rate of a weight set falls as 1 / (1 + n / LR_HALF) after n updates
 LR_FLOOR = 16  # ... down to 1 / LR_FLOOR
 COUNTER_LIMIT = 255  # adaptive counters: rate 1 / (n + 1.5), n capped here
+BITMAP_LIMIT = 255  # ... in the bitmap contexts
 APM_SHIFT = 8
 APM_STEP = 1 << APM_SHIFT
 APM_KNOTS = 2 * 3072 // APM_STEP + 1  # 25 knots over the stretch range
@@ -157,8 +168,9 @@ for _n in range(1, 256):
 # per-lane integer state (columns of LaneModels.lane); L_U1: the byte above (record)
 L_LEN, L_C1, L_MLANE, L_MPOS, L_MLEN, L_WORD = 0, 1, 2, 3, 4, 5
 L_RLEN, L_R1, L_RC1, L_R2, L_RC2 = 6, 7, 8, 9, 10  # record length and two candidates
-L_U1 = 11
-L_HASH = 12  # N_HASHED context hashes follow
+L_U1, L_PWORD = 11, 12  # the byte above (record); the last whole word's hash
+L_W1, L_W2 = 13, 14  # bitmap: the bytes above-left, above, above-right; two rows up
+L_HASH = 15  # N_HASHED context hashes follow
 N_LANE = L_HASH + N_HASHED
 P_EXP = 0  # saved per lane at mix time (LaneModels.pend): expected byte of the match, -1
 N_PEND = 1
@@ -181,14 +193,23 @@ class LaneModels:
         self.last = np.full((lanes, 256, 3), -1, np.int64)  # last 3 positions of each value
         self.inputs = np.zeros((lanes, N_IN, 256), np.int32)  # saved at mix time
         self.pmix = np.zeros((lanes, 256), np.int32)  # mixer output per node (16 bits)
+        self.wsel = np.zeros((lanes, 2, 256), np.int32)  # the node's weight sets (mix time)
+        self.psub = np.zeros((lanes, 2, 256), np.int32)  # the two mixers' outputs
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
         self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
+        self.bitmap = np.full((N_BITMAP, 1 << max(BITMAP_BITS)), 32768 << 16, np.uint32)
         self.match = np.full(1 << mbits, -1, np.int64)  # lane * capacity + position
         self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
         self.mconf[:, 0] = 49152
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
+        w2 = np.zeros((N_SEL2, N_IN + 1), np.int64)
+        w2[:, IN_PRIOR] = 1 << MIX_SHIFT
+        self.weights2 = w2
+        wf = np.zeros((256, 3), np.int64)  # the final mixer of the two, per node
+        wf[:, :2] = 1 << (MIX_SHIFT - 1)
+        self.final = wf
         knots = (SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20) + APM_INIT
         self.apm1 = np.tile(knots, (256, 1))
         self.apm2 = np.tile(knots, (256 * 256, 1))
@@ -208,11 +229,16 @@ class LaneModels:
             self.last,
             self.inputs,
             self.pmix,
+            self.wsel,
+            self.psub,
             self.o1,
             self.ctab,
+            self.bitmap,
             self.match,
             self.mconf,
             self.weights,
+            self.weights2,
+            self.final,
             self.apm1,
             self.apm2,
             self.apm3,
@@ -260,6 +286,19 @@ def _cheap(tree, n, o1, r0):
 
 
 @_jit
+def _bitmap_ctx(n, c1, w1, w2):
+    """The two bit-level 2-D contexts of node n (depth d) of a bitmap row: the pixels to
+    the left (the bits of the byte so far, then the previous byte), above (w1: the bytes
+    above-left, above and above-right, 24 bits) and two rows up (w2)."""
+    d = DEPTH[n]
+    cur = (c1 << d) | (n - (1 << d))
+    pos = 15 - d  # the bit of w1 above the current pixel
+    ca = (cur & 15) | (((w1 >> (pos - 2)) & 31) << 4) | (((w2 >> (pos - 1)) & 7) << 9)
+    cb = (cur & 127) | (((w1 >> (pos - 4)) & 255) << 7) | (((w2 >> (pos - 2)) & 31) << 15)
+    return ca, cb
+
+
+@_jit
 def _mix_one(
     counts,
     b,
@@ -270,11 +309,16 @@ def _mix_one(
     last,
     inputs,
     pmix,
+    wsel,
+    psub,
     o1,
     ctab,
+    bm,
     match,
     mconf,
     w,
+    w2,
+    wf,
     a1,
     a2,
     a3,
@@ -293,7 +337,9 @@ def _mix_one(
     r0 = c1 << 8
     rec = 3 if lane[b, L_RLEN] > 0 else 0
     u0 = lane[b, L_U1] << 8
-    nk = N_HASHED if rec else N_HASHED - N_EXTRA
+    nk = K_REC if rec else K_TEXT
+    bw1 = lane[b, L_W1]
+    bw2 = lane[b, L_W2]
     # match model: expected byte
     e = -1
     mlen = 0
@@ -316,9 +362,12 @@ def _mix_one(
     for s in range(17):
         top = 1 if s == 0 else 16 + s - 1  # the bucket's first node
         if mass[top] >= lazy:  # (mass only shrinks downwards: else no node here is mixed)
+            oc = 0
             for k in range(nk):
                 base, chk = _bucket(lane[b, L_HASH + k], s, mask)
                 bases[k] = base if np.int64(ctab[k, base]) == chk else -1
+                if k < len(ORDERS) and bases[k] >= 0:
+                    oc += 1
         for j in range(1, 16):
             n = NODE_OF[s, j]
             if mass[n] < lazy:  # below LAZY_MASS: order 1 or the prior, not mixed
@@ -338,6 +387,15 @@ def _mix_one(
                         x[IN_H0 + k, n] = 0
                 for k in range(nk, N_HASHED):
                     x[IN_H0 + k, n] = 0
+                if rec:
+                    ca, cb = _bitmap_ctx(n, c1, bw1, bw2)
+                    v = np.int64(bm[0, ca])
+                    x[IN_BM, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    v = np.int64(bm[1, cb])
+                    x[IN_BM + 1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                else:
+                    x[IN_BM, n] = 0
+                    x[IN_BM + 1, n] = 0
                 st = 0
                 x[IN_MATCH, n] = 0
                 if e >= 0:
@@ -345,11 +403,24 @@ def _mix_one(
                     if ((256 + e) >> (8 - d)) == n:
                         st = mst
                         x[IN_MATCH, n] = sp if (e >> (7 - d)) & 1 else -sp
-                ws = w[n * N_MSTATE + st + rec]
+                sel = n * N_MSTATE + st + rec
+                sel2 = ((oc * 8 + DEPTH[n]) * 3 + st) * 2 + (1 if rec else 0)
+                wsel[b, 0, n] = sel
+                wsel[b, 1, n] = sel2
+                ws = w[sel]
+                ws2 = w2[sel2]
                 dot = np.int64(0)
+                dot2 = np.int64(0)
                 for i in range(N_IN):
-                    dot += ws[i] * x[i, n]
-                pm = _sq(dot >> MIX_SHIFT)
+                    xi = np.int64(x[i, n])
+                    dot += ws[i] * xi
+                    dot2 += ws2[i] * xi
+                p1 = _sq(dot >> MIX_SHIFT)
+                p2 = _sq(dot2 >> MIX_SHIFT)
+                psub[b, 0, n] = p1
+                psub[b, 1, n] = p2
+                wn = wf[n]
+                pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2]) >> MIX_SHIFT)
                 pmb[n] = pm
                 sv = _st(pm) + 3072
                 k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
@@ -401,18 +472,36 @@ def _learn_apm(v, y):
 
 @_jit
 def _update_one(
-    sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, mconf, w, a1, a2, a3, params
+    sym,
+    b,
+    hist,
+    lane,
+    pend,
+    last,
+    inputs,
+    pmix,
+    wsel,
+    psub,
+    o1,
+    ctab,
+    bm,
+    match,
+    mconf,
+    w,
+    w2,
+    wf,
+    a1,
+    a2,
+    a3,
+    params,
 ):
     cap = hist.shape[1]
     mask = ctab.shape[1] // 16 - 1
     c1 = lane[b, L_C1]
     e = pend[b, P_EXP]
     mlen = min(lane[b, L_MLEN], MAX_LEN)
-    mst = 0
-    if e >= 0:
-        mst = 1 if mlen < LONG_MATCH else 2
     # hashed contexts: the high-nibble bucket and the actual low-nibble bucket
-    nk = N_HASHED if lane[b, L_RLEN] > 0 else N_HASHED - N_EXTRA
+    nk = K_REC if lane[b, L_RLEN] > 0 else K_TEXT
     for k in range(nk):
         h = lane[b, L_HASH + k]
         for s in (0, 1 + (sym >> 4)):
@@ -429,17 +518,21 @@ def _update_one(
                 ctab[k, base + j] = _learn(np.int64(ctab[k, base + j]), y, COUNTER_LIMIT)
     on_path = e >= 0
     rec = 3 if lane[b, L_RLEN] > 0 else 0
+    bw1 = lane[b, L_W1]
+    bw2 = lane[b, L_W2]
     for d in range(8):
         n = (256 + sym) >> (8 - d)
         y = (sym >> (7 - d)) & 1
         # order 1
         i1 = c1 * 256 + n
         o1[i1] = _learn(np.int64(o1[i1]), y, COUNTER_LIMIT)
+        if rec:
+            ca, cb = _bitmap_ctx(n, c1, bw1, bw2)
+            bm[0, ca] = _learn(np.int64(bm[0, ca]), y, BITMAP_LIMIT)
+            bm[1, cb] = _learn(np.int64(bm[1, cb]), y, BITMAP_LIMIT)
         # match confidence, while the byte so far agrees with the expected one
-        ms = 0
         if on_path:
             if ((256 + e) >> (8 - d)) == n:
-                ms = mst
                 ok = 1 if ((e >> (7 - d)) & 1) == y else 0
                 c = mconf[mlen, 1]
                 mconf[mlen, 0] += (ok * 65535 - mconf[mlen, 0]) * 2 // (2 * min(c, 255) + 3)
@@ -450,14 +543,22 @@ def _update_one(
         pm = np.int64(pmix[b, n])
         if pm == 0:  # not mixed (below LAZY_MASS): no mixer or APM to train
             continue
-        # mixer
+        # the two mixers, each toward the bit from its own output, then the final one
+        for m in range(2):
+            ws = w[wsel[b, 0, n]] if m == 0 else w2[wsel[b, 1, n]]
+            err = (y << 16) - np.int64(psub[b, m, n])
+            cnt = ws[N_IN]
+            err = (err * LR_DECAY[cnt]) >> 16
+            ws[N_IN] = min(cnt + 1, LR_STEPS)
+            for i in range(N_IN):
+                ws[i] += (np.int64(inputs[b, i, n]) * err) >> LR_SHIFT
+        wn = wf[n]
         err = (y << 16) - pm
-        ws = w[n * N_MSTATE + ms + rec]
-        cnt = ws[N_IN]
+        cnt = wn[2]
         err = (err * LR_DECAY[cnt]) >> 16
-        ws[N_IN] = min(cnt + 1, LR_STEPS)
-        for i in range(N_IN):
-            ws[i] += (np.int64(inputs[b, i, n]) * err) >> LR_SHIFT
+        wn[2] = min(cnt + 1, LR_STEPS)
+        wn[0] += (STRETCH[psub[b, 0, n]] * err) >> FINAL_SHIFT
+        wn[1] += (STRETCH[psub[b, 1, n]] * err) >> FINAL_SHIFT
         # APMs: move the two knots around p toward the bit
         k1, f1 = _apm_idx(pm)
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
@@ -510,9 +611,11 @@ def _update_one(
         wd = (wd + lo + 1) * 0x3C6EF372FE94F82B
         wd ^= (wd >> 21) & 0x7FFFFFFFFFF
     else:
+        if wd != 0:
+            lane[b, L_PWORD] = wd
         wd = 0
     lane[b, L_WORD] = wd
-    lane[b, L_HASH + len(ORDERS)] = (wd + sym + 7) * 0x6A09E667F3BCC909
+    lane[b, L_HASH + H_WORD] = (wd + sym + 7) * 0x6A09E667F3BCC909
     # record length: a distance r > 1 at which some byte value recurred 4 times in a row,
     # confirmed RECORD_CONFIRM times (two candidates compete)
     p1, p2, p3 = last[b, sym, 0], last[b, sym, 1], last[b, sym, 2]
@@ -562,8 +665,27 @@ def _update_one(
         ur = np.int64(hist[b, nlen - rl + 1]) if nlen >= rl - 1 and rl > 1 else 256
         lane[b, L_U1] = up1 & 255
         eb = ((up1 << 20) + (ur << 10) + sym + 6) * 0x3E5B7C9D1F2A4B6D
-        lane[b, L_HASH + N_HASHED - 2] = ORDER0_HASH  # 0 before the lane's first byte
-        lane[b, L_HASH + N_HASHED - 1] = eb ^ ((eb >> 29) & 0x7FFFFFFFF)
+        lane[b, L_HASH + H_BIGRAM] = ORDER0_HASH  # 0 before the lane's first byte
+        lane[b, L_HASH + H_BIGRAM + 1] = eb ^ ((eb >> 29) & 0x7FFFFFFFF)
+        col = nlen % rl
+        ca = ((rl << 32) + (col << 10) + up1 + 9) * 0x4F1BBCDCBFA53E0B
+        cb = ((col << 20) + (up1 << 10) + up2 + 11) * 0x1B873593CC9E2D51
+        lane[b, L_HASH + H_BIGRAM + 2] = ca ^ ((ca >> 29) & 0x7FFFFFFFF)
+        lane[b, L_HASH + H_BIGRAM + 3] = cb ^ ((cb >> 29) & 0x7FFFFFFFF)
+        lane[b, L_W1] = _window(hist, b, nlen - rl, nlen)
+        lane[b, L_W2] = _window(hist, b, nlen - 2 * rl, nlen)
+    else:
+        bg = (lane[b, L_PWORD] * 0x2545F4914F6CDD1D + wd + sym + 13) * 0x6C62272E07BB0142
+        lane[b, L_HASH + H_BIGRAM] = bg ^ ((bg >> 29) & 0x7FFFFFFFF)
+
+
+@_jit
+def _window(hist, b, i, t):
+    """The bytes i - 1, i, i + 1 of lane b (those outside 0..t - 1 as 0), 24 bits."""
+    v = np.int64(0)
+    for j in range(i - 1, i + 2):
+        v = (v << 8) | (np.int64(hist[b, j]) if 0 <= j < t else 0)
+    return v
 
 
 @_jit
