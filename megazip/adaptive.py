@@ -70,10 +70,14 @@ H_WORD = len(ORDERS)
 H_BIGRAM = len(ORDERS) + 3
 N_BITMAP = 2  # bit-level 2-D contexts of a lane with a record length (direct tables)
 BITMAP_BITS = (12, 20)
-# mixer inputs: bias, prior, order 1, hashed contexts, bitmap contexts, match
-N_IN = 3 + N_HASHED + N_BITMAP + 1
+N_COLPRED = 2  # expected bytes of a record lane: the byte above; above + (above - 2 up)
+COL_CAP = 1023  # columns beyond this share one context
+# mixer inputs: bias, prior, order 1, hashed contexts, bitmap contexts, column
+# predictions, match
+N_IN = 3 + N_HASHED + N_BITMAP + N_COLPRED + 1
 IN_BIAS, IN_PRIOR, IN_O1, IN_H0 = 0, 1, 2, 3
 IN_BM = IN_H0 + N_HASHED
+IN_CP = IN_BM + N_BITMAP
 IN_MATCH = N_IN - 1
 N_SEL2 = 5 * 8 * 3 * 2  # second mixer's weight sets: (confirmed orders, depth, match, record)
 RECORD_CONFIRM = 8
@@ -92,6 +96,7 @@ APM_SHIFT = 8
 APM_STEP = 1 << APM_SHIFT
 APM_KNOTS = 2 * 3072 // APM_STEP + 1  # 25 knots over the stretch range
 APM_LIMIT = 127
+APM4_BITS = 16  # the order-2 APM: (last two bytes, node) hashed to this many bits
 APM_INIT = 8  # initial observation count of an APM knot (its first rates: 1 / 9.5 ...)
 MAX_BUCKET_BITS = 18  # per hashed context kind: at most 2^18 buckets of 16 entries
 MIN_BUCKET_BITS = 10
@@ -198,6 +203,7 @@ class LaneModels:
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
         self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
         self.bitmap = np.full((N_BITMAP, 1 << max(BITMAP_BITS)), 32768 << 16, np.uint32)
+        self.colpred = np.full((N_COLPRED, (COL_CAP + 1) * 48), 32768 << 16, np.uint32)
         self.match = np.full(1 << mbits, -1, np.int64)  # lane * capacity + position
         self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
         self.mconf[:, 0] = 49152
@@ -214,6 +220,7 @@ class LaneModels:
         self.apm1 = np.tile(knots, (256, 1))
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256, 1))
+        self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
         # block parameters: [0] the record length signalled for the block (0: none; the
         # lanes then detect their own, as in version 2)
         self.params = np.zeros(1, np.int64)
@@ -234,6 +241,7 @@ class LaneModels:
             self.o1,
             self.ctab,
             self.bitmap,
+            self.colpred,
             self.match,
             self.mconf,
             self.weights,
@@ -242,6 +250,7 @@ class LaneModels:
             self.apm1,
             self.apm2,
             self.apm3,
+            self.apm4,
             self.params,
         )
 
@@ -299,6 +308,42 @@ def _bitmap_ctx(n, c1, w1, w2):
 
 
 @_jit
+def _col_pred(hist, b, t, rl):
+    """The column predictions of byte t of a record lane (record length rl): expected
+    bytes (the byte above; the byte above plus its difference to the one above it; -1
+    where the lane is too short) and their counters' bases in the colpred table: by
+    column and by whether the prediction held for byte t - 1 (then depth, bit state)."""
+    col = min(t % rl, COL_CAP)
+    e0 = np.int64(hist[b, t - rl]) if t >= rl else -1
+    e1 = (2 * e0 - np.int64(hist[b, t - 2 * rl])) & 255 if t >= 2 * rl else -1
+    ok0 = 0
+    ok1 = 0
+    if t >= rl + 1:
+        prev = np.int64(hist[b, t - 1])
+        ok0 = 1 if np.int64(hist[b, t - 1 - rl]) == prev else 0
+        if t >= 2 * rl + 1:
+            v = (2 * np.int64(hist[b, t - 1 - rl]) - np.int64(hist[b, t - 1 - 2 * rl])) & 255
+            ok1 = 1 if v == prev else 0
+    return e0, e1, (col * 2 + ok0) * 24, (col * 2 + ok1) * 24
+
+
+@_jit
+def _pred_state(e, n, d):
+    """0/1: the bit an expected byte e predicts at node n (depth d) on its path; 2: off
+    the path (or no expected byte)."""
+    if e >= 0 and ((256 + e) >> (8 - d)) == n:
+        return (e >> (7 - d)) & 1
+    return 2
+
+
+@_jit
+def _apm4_row(c2, n):
+    """The order-2 APM's row of node n after the bytes c2 = (byte t - 2) << 8 | byte t - 1."""
+    h = (c2 * 0x100 + n + 1) * 0x9E3779B97F4A7C15
+    return (h >> 40) & ((1 << APM4_BITS) - 1)
+
+
+@_jit
 def _mix_one(
     counts,
     b,
@@ -314,6 +359,7 @@ def _mix_one(
     o1,
     ctab,
     bm,
+    cpt,
     match,
     mconf,
     w,
@@ -322,6 +368,7 @@ def _mix_one(
     a1,
     a2,
     a3,
+    a4,
     params,
 ):
     mask = ctab.shape[1] // 16 - 1
@@ -337,9 +384,14 @@ def _mix_one(
     r0 = c1 << 8
     rec = 3 if lane[b, L_RLEN] > 0 else 0
     u0 = lane[b, L_U1] << 8
+    tt = lane[b, L_LEN]
+    c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
     nk = K_REC if rec else K_TEXT
     bw1 = lane[b, L_W1]
     bw2 = lane[b, L_W2]
+    ce0 = ce1 = cb0 = cb1 = -1
+    if rec:
+        ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
     # match model: expected byte
     e = -1
     mlen = 0
@@ -393,9 +445,16 @@ def _mix_one(
                     x[IN_BM, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     v = np.int64(bm[1, cb])
                     x[IN_BM + 1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    d = DEPTH[n]
+                    v = np.int64(cpt[0, cb0 + d * 3 + _pred_state(ce0, n, d)])
+                    x[IN_CP, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    v = np.int64(cpt[1, cb1 + d * 3 + _pred_state(ce1, n, d)])
+                    x[IN_CP + 1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                 else:
                     x[IN_BM, n] = 0
                     x[IN_BM + 1, n] = 0
+                    x[IN_CP, n] = 0
+                    x[IN_CP + 1, n] = 0
                 st = 0
                 x[IN_MATCH, n] = 0
                 if e >= 0:
@@ -432,9 +491,12 @@ def _mix_one(
                 if rec:
                     r = u0 + n
                     q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-                    p = (pm + q1 + q2 + q3) >> 2
+                r = _apm4_row(c2, n)
+                q4 = ((a4[r, k1] >> 16) * g1 + (a4[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+                if rec:
+                    p = (pm + q1 + q2 + q3 + q4 + 2) // 5
                 else:
-                    p = (2 * pm + q1 + q2) >> 2
+                    p = (2 * pm + q1 + q2 + 2 * q4 + 2) // 6
                 p = min(65535, max(1, p))
             m1 = (mass[n] * p) >> 16
             mass[2 * n + 1] = m1
@@ -485,6 +547,7 @@ def _update_one(
     o1,
     ctab,
     bm,
+    cpt,
     match,
     mconf,
     w,
@@ -493,6 +556,7 @@ def _update_one(
     a1,
     a2,
     a3,
+    a4,
     params,
 ):
     cap = hist.shape[1]
@@ -518,8 +582,13 @@ def _update_one(
                 ctab[k, base + j] = _learn(np.int64(ctab[k, base + j]), y, COUNTER_LIMIT)
     on_path = e >= 0
     rec = 3 if lane[b, L_RLEN] > 0 else 0
+    tt = lane[b, L_LEN]
+    c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
     bw1 = lane[b, L_W1]
     bw2 = lane[b, L_W2]
+    ce0 = ce1 = cb0 = cb1 = -1
+    if rec:
+        ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
     for d in range(8):
         n = (256 + sym) >> (8 - d)
         y = (sym >> (7 - d)) & 1
@@ -530,6 +599,10 @@ def _update_one(
             ca, cb = _bitmap_ctx(n, c1, bw1, bw2)
             bm[0, ca] = _learn(np.int64(bm[0, ca]), y, BITMAP_LIMIT)
             bm[1, cb] = _learn(np.int64(bm[1, cb]), y, BITMAP_LIMIT)
+            i0 = cb0 + d * 3 + _pred_state(ce0, n, d)
+            cpt[0, i0] = _learn(np.int64(cpt[0, i0]), y, COUNTER_LIMIT)
+            i0 = cb1 + d * 3 + _pred_state(ce1, n, d)
+            cpt[1, i0] = _learn(np.int64(cpt[1, i0]), y, COUNTER_LIMIT)
         # match confidence, while the byte so far agrees with the expected one
         if on_path:
             if ((256 + e) >> (8 - d)) == n:
@@ -568,6 +641,8 @@ def _update_one(
         if rec:
             r = n + (lane[b, L_U1] << 8)
             a3[r, k1] = _learn_apm(a3[r, k1], y)
+        r = _apm4_row(c2, n)
+        a4[r, k1] = _learn_apm(a4[r, k1], y)
     # history, match pointer, context hashes
     t = lane[b, L_LEN]
     hist[b, t] = sym
