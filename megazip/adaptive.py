@@ -72,14 +72,17 @@ N_BITMAP = 2  # bit-level 2-D contexts of a lane with a record length (direct ta
 BITMAP_BITS = (12, 20)
 N_COLPRED = 2  # expected bytes of a record lane: the byte above; above + (above - 2 up)
 COL_CAP = 1023  # columns beyond this share one context
-# mixer inputs: bias, prior, order 1, hashed contexts, bitmap contexts, column
-# predictions, match
-N_IN = 3 + N_HASHED + N_BITMAP + N_COLPRED + 1
-IN_BIAS, IN_PRIOR, IN_O1, IN_H0 = 0, 1, 2, 3
+# mixer inputs: bias, prior, order 1, match, hashed contexts, then those of record lanes
+# only: bitmap contexts, column predictions. A lane without a record length mixes the
+# first N_IN_TEXT (its other inputs would be 0), a lane with one all N_IN.
+IN_BIAS, IN_PRIOR, IN_O1, IN_MATCH, IN_H0 = 0, 1, 2, 3, 4
 IN_BM = IN_H0 + N_HASHED
 IN_CP = IN_BM + N_BITMAP
-IN_MATCH = N_IN - 1
-N_SEL2 = 5 * 8 * 3 * 2  # second mixer's weight sets: (confirmed orders, depth, match, record)
+N_IN = IN_CP + N_COLPRED
+N_IN_TEXT = IN_H0 + K_TEXT
+# second mixer's weight sets: (confirmed orders, depth, match, record, class of the last byte
+# or, in a record lane, which column predictions held for it)
+N_SEL2 = 5 * 8 * 3 * 2 * 4
 RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
@@ -105,7 +108,7 @@ ORDER0_HASH = 7146604135283800957  # the order-0 context of record lanes
 MAX_RECORD = 2048  # longest record length the encoder looks for
 RECORD_LIMIT = 65535  # longest record length a stream may signal
 RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
-LAZY_MASS = 1024  # nodes with less of the 2^24 mass take the prior's probability
+LAZY_MASS = 4096  # nodes with less of the 2^24 mass take the prior's probability
 
 _jit = nb.njit(cache=True, nogil=True)
 
@@ -152,6 +155,16 @@ RATE = np.array(
     [int(65536 * 2 // (2 * n + 3)) for n in range(max(COUNTER_LIMIT, APM_LIMIT) + 1)], np.int64
 )
 
+# classes of the last byte for the second mixer: letters, white space, digits and ASCII
+# punctuation, others
+BYTE_CLASS = np.full(256, 3, np.int64)
+for _c in range(33, 127):
+    BYTE_CLASS[_c] = 2
+for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
+    BYTE_CLASS[_c] = 0
+for _c in b" \t\n\r":
+    BYTE_CLASS[_c] = 1
+
 # which of the 17 buckets of a context holds node n (0: high nibble; 1 + h: low nibble
 # after high nibble h) and its entry (1..15) in that bucket
 NODE_BUCKET = np.zeros(256, np.int64)
@@ -196,7 +209,7 @@ class LaneModels:
         self.lane[:, L_MLANE] = -1
         self.pend = np.full((lanes, N_PEND), -1, np.int64)
         self.last = np.full((lanes, 256, 3), -1, np.int64)  # last 3 positions of each value
-        self.inputs = np.zeros((lanes, N_IN, 256), np.int32)  # saved at mix time
+        self.inputs = np.zeros((lanes, 256, N_IN), np.int32)  # saved at mix time
         self.pmix = np.zeros((lanes, 256), np.int32)  # mixer output per node (16 bits)
         self.wsel = np.zeros((lanes, 2, 256), np.int32)  # the node's weight sets (mix time)
         self.psub = np.zeros((lanes, 2, 256), np.int32)  # the two mixers' outputs
@@ -372,7 +385,7 @@ def _mix_one(
     params,
 ):
     mask = ctab.shape[1] // 16 - 1
-    x = inputs[b]  # (N_IN, 256): input i of node n, kept for update()
+    x = inputs[b]  # (256, N_IN): input i of node n, kept for update()
     pmb = pmix[b]
     # prior: subtree sums of the 256 counts
     tree = np.empty(512, np.int64)
@@ -386,12 +399,15 @@ def _mix_one(
     u0 = lane[b, L_U1] << 8
     tt = lane[b, L_LEN]
     c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
+    ccls = BYTE_CLASS[c1]
     nk = K_REC if rec else K_TEXT
+    ni = N_IN if rec else N_IN_TEXT
     bw1 = lane[b, L_W1]
     bw2 = lane[b, L_W2]
     ce0 = ce1 = cb0 = cb1 = -1
     if rec:
         ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
+        ccls = ((cb0 // 24) & 1) * 2 + ((cb1 // 24) & 1)  # which predictions held
     # match model: expected byte
     e = -1
     mlen = 0
@@ -426,52 +442,45 @@ def _mix_one(
                 p = _cheap(tree, n, o1, r0)
                 pmb[n] = 0
             else:
-                x[IN_BIAS, n] = 256
-                x[IN_PRIOR, n] = _st((tree[2 * n + 1] << 16) // tree[n])
+                x[n, IN_BIAS] = 256
+                x[n, IN_PRIOR] = _st((tree[2 * n + 1] << 16) // tree[n])
                 v = np.int64(o1[r0 + n])
-                x[IN_O1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                x[n, IN_O1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                 for k in range(nk):
                     base = bases[k]
                     if base >= 0:
                         v = np.int64(ctab[k, base + j])
-                        x[IN_H0 + k, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                        x[n, IN_H0 + k] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     else:
-                        x[IN_H0 + k, n] = 0
-                for k in range(nk, N_HASHED):
-                    x[IN_H0 + k, n] = 0
+                        x[n, IN_H0 + k] = 0
                 if rec:
                     ca, cb = _bitmap_ctx(n, c1, bw1, bw2)
                     v = np.int64(bm[0, ca])
-                    x[IN_BM, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    x[n, IN_BM] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     v = np.int64(bm[1, cb])
-                    x[IN_BM + 1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    x[n, IN_BM + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     d = DEPTH[n]
                     v = np.int64(cpt[0, cb0 + d * 3 + _pred_state(ce0, n, d)])
-                    x[IN_CP, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    x[n, IN_CP] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     v = np.int64(cpt[1, cb1 + d * 3 + _pred_state(ce1, n, d)])
-                    x[IN_CP + 1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                else:
-                    x[IN_BM, n] = 0
-                    x[IN_BM + 1, n] = 0
-                    x[IN_CP, n] = 0
-                    x[IN_CP + 1, n] = 0
+                    x[n, IN_CP + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                 st = 0
-                x[IN_MATCH, n] = 0
+                x[n, IN_MATCH] = 0
                 if e >= 0:
                     d = DEPTH[n]
                     if ((256 + e) >> (8 - d)) == n:
                         st = mst
-                        x[IN_MATCH, n] = sp if (e >> (7 - d)) & 1 else -sp
+                        x[n, IN_MATCH] = sp if (e >> (7 - d)) & 1 else -sp
                 sel = n * N_MSTATE + st + rec
-                sel2 = ((oc * 8 + DEPTH[n]) * 3 + st) * 2 + (1 if rec else 0)
+                sel2 = (((oc * 8 + DEPTH[n]) * 3 + st) * 2 + (1 if rec else 0)) * 4 + ccls
                 wsel[b, 0, n] = sel
                 wsel[b, 1, n] = sel2
                 ws = w[sel]
                 ws2 = w2[sel2]
                 dot = np.int64(0)
                 dot2 = np.int64(0)
-                for i in range(N_IN):
-                    xi = np.int64(x[i, n])
+                for i in range(ni):
+                    xi = np.int64(x[n, i])
                     dot += ws[i] * xi
                     dot2 += ws2[i] * xi
                 p1 = _sq(dot >> MIX_SHIFT)
@@ -582,6 +591,7 @@ def _update_one(
                 ctab[k, base + j] = _learn(np.int64(ctab[k, base + j]), y, COUNTER_LIMIT)
     on_path = e >= 0
     rec = 3 if lane[b, L_RLEN] > 0 else 0
+    ni = N_IN if rec else N_IN_TEXT
     tt = lane[b, L_LEN]
     c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
     bw1 = lane[b, L_W1]
@@ -623,8 +633,8 @@ def _update_one(
             cnt = ws[N_IN]
             err = (err * LR_DECAY[cnt]) >> 16
             ws[N_IN] = min(cnt + 1, LR_STEPS)
-            for i in range(N_IN):
-                ws[i] += (np.int64(inputs[b, i, n]) * err) >> LR_SHIFT
+            for i in range(ni):
+                ws[i] += (np.int64(inputs[b, n, i]) * err) >> LR_SHIFT
         wn = wf[n]
         err = (y << 16) - pm
         cnt = wn[2]
