@@ -61,15 +61,15 @@ SMAX = 3071
 ORDERS = (2, 3, 4, 6)  # hashed byte contexts (order 1 is a direct table)
 # plus the word context, two record (or sparse) contexts; then, in a lane without a
 # record length, the word bigram (K_TEXT contexts in all), and in a lane with one, order
-# 0, the byte above with its right neighbour and the last, and two column contexts (the
-# position in the record with the byte above, and with the two bytes above): K_REC
-N_HASHED = len(ORDERS) + 7
+# 0 and the byte above with its right neighbour and the last (K_REC)
+N_HASHED = len(ORDERS) + 5
 K_TEXT = len(ORDERS) + 4
 K_REC = N_HASHED
 H_WORD = len(ORDERS)
 H_BIGRAM = len(ORDERS) + 3
-N_BITMAP = 2  # bit-level 2-D contexts of a lane with a record length (direct tables)
-BITMAP_BITS = (12, 20)
+N_BITMAP = 3  # bit-level 2-D contexts of a lane with a record length, in one table:
+BM_OFF = (0, 1 << 12, (1 << 12) + (1 << 20))  # 12 and 20 bits direct, then one hashed to
+BITMAP_BITS = 22  # at most this many bits (fewer for small blocks)
 N_COLPRED = 2  # expected bytes of a record lane: the byte above; above + (above - 2 up)
 COL_CAP = 1023  # columns beyond this share one context
 # mixer inputs: bias, prior, order 1, match, hashed contexts, then those of record lanes
@@ -187,8 +187,8 @@ for _n in range(1, 256):
 L_LEN, L_C1, L_MLANE, L_MPOS, L_MLEN, L_WORD = 0, 1, 2, 3, 4, 5
 L_RLEN, L_R1, L_RC1, L_R2, L_RC2 = 6, 7, 8, 9, 10  # record length and two candidates
 L_U1, L_PWORD = 11, 12  # the byte above (record); the last whole word's hash
-L_W1, L_W2 = 13, 14  # bitmap: the bytes above-left, above, above-right; two rows up
-L_HASH = 15  # N_HASHED context hashes follow
+L_W1, L_W2, L_W3 = 13, 14, 15  # bitmap: bytes above-left, above, above-right; 2, 3 rows up
+L_HASH = 16  # N_HASHED context hashes follow
 N_LANE = L_HASH + N_HASHED
 P_EXP = 0  # saved per lane at mix time (LaneModels.pend): expected byte of the match, -1
 N_PEND = 1
@@ -215,7 +215,8 @@ class LaneModels:
         self.psub = np.zeros((lanes, 2, 256), np.int32)  # the two mixers' outputs
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
         self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
-        self.bitmap = np.full((N_BITMAP, 1 << max(BITMAP_BITS)), 32768 << 16, np.uint32)
+        bmb = min(BITMAP_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 3))
+        self.bitmap = np.full(BM_OFF[2] + (1 << bmb), 32768 << 16, np.uint32)
         self.colpred = np.full((N_COLPRED, (COL_CAP + 1) * 48), 32768 << 16, np.uint32)
         self.match = np.full(1 << mbits, -1, np.int64)  # lane * capacity + position
         self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
@@ -308,16 +309,24 @@ def _cheap(tree, n, o1, r0):
 
 
 @_jit
-def _bitmap_ctx(n, c1, w1, w2):
-    """The two bit-level 2-D contexts of node n (depth d) of a bitmap row: the pixels to
-    the left (the bits of the byte so far, then the previous byte), above (w1: the bytes
-    above-left, above and above-right, 24 bits) and two rows up (w2)."""
+def _bitmap_ctx(n, c1, w1, w2, w3):
+    """The three bit-level 2-D contexts of node n (depth d) of a bitmap row: the pixels
+    to the left (the bits of the byte so far, then the previous byte), above (w1: the
+    bytes above-left, above and above-right, 24 bits), two and three rows up (w2, w3):
+    12 and 20 bits, and a wider one hashed to BITMAP_BITS."""
     d = DEPTH[n]
     cur = (c1 << d) | (n - (1 << d))
     pos = 15 - d  # the bit of w1 above the current pixel
     ca = (cur & 15) | (((w1 >> (pos - 2)) & 31) << 4) | (((w2 >> (pos - 1)) & 7) << 9)
     cb = (cur & 127) | (((w1 >> (pos - 4)) & 255) << 7) | (((w2 >> (pos - 2)) & 31) << 15)
-    return ca, cb
+    cc = (
+        (cur & 255)
+        | (((w1 >> (pos - 5)) & 2047) << 8)
+        | (((w2 >> (pos - 3)) & 127) << 19)
+        | (((w3 >> (pos - 1)) & 7) << 26)
+    )
+    cc = ((cc + 1) * 0x9E3779B97F4A7C15) >> 30
+    return ca, cb, cc
 
 
 @_jit
@@ -404,6 +413,8 @@ def _mix_one(
     ni = N_IN if rec else N_IN_TEXT
     bw1 = lane[b, L_W1]
     bw2 = lane[b, L_W2]
+    bw3 = lane[b, L_W3]
+    bmask = bm.shape[0] - BM_OFF[2] - 1
     ce0 = ce1 = cb0 = cb1 = -1
     if rec:
         ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
@@ -454,11 +465,13 @@ def _mix_one(
                     else:
                         x[n, IN_H0 + k] = 0
                 if rec:
-                    ca, cb = _bitmap_ctx(n, c1, bw1, bw2)
-                    v = np.int64(bm[0, ca])
+                    ca, cb, cc = _bitmap_ctx(n, c1, bw1, bw2, bw3)
+                    v = np.int64(bm[ca])
                     x[n, IN_BM] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                    v = np.int64(bm[1, cb])
+                    v = np.int64(bm[BM_OFF[1] + cb])
                     x[n, IN_BM + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    v = np.int64(bm[BM_OFF[2] + (cc & bmask)])
+                    x[n, IN_BM + 2] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     d = DEPTH[n]
                     v = np.int64(cpt[0, cb0 + d * 3 + _pred_state(ce0, n, d)])
                     x[n, IN_CP] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
@@ -596,6 +609,8 @@ def _update_one(
     c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
     bw1 = lane[b, L_W1]
     bw2 = lane[b, L_W2]
+    bw3 = lane[b, L_W3]
+    bmask = bm.shape[0] - BM_OFF[2] - 1
     ce0 = ce1 = cb0 = cb1 = -1
     if rec:
         ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
@@ -606,9 +621,12 @@ def _update_one(
         i1 = c1 * 256 + n
         o1[i1] = _learn(np.int64(o1[i1]), y, COUNTER_LIMIT)
         if rec:
-            ca, cb = _bitmap_ctx(n, c1, bw1, bw2)
-            bm[0, ca] = _learn(np.int64(bm[0, ca]), y, BITMAP_LIMIT)
-            bm[1, cb] = _learn(np.int64(bm[1, cb]), y, BITMAP_LIMIT)
+            ca, cb, cc = _bitmap_ctx(n, c1, bw1, bw2, bw3)
+            bm[ca] = _learn(np.int64(bm[ca]), y, BITMAP_LIMIT)
+            cb += BM_OFF[1]
+            bm[cb] = _learn(np.int64(bm[cb]), y, BITMAP_LIMIT)
+            cc = BM_OFF[2] + (cc & bmask)
+            bm[cc] = _learn(np.int64(bm[cc]), y, BITMAP_LIMIT)
             i0 = cb0 + d * 3 + _pred_state(ce0, n, d)
             cpt[0, i0] = _learn(np.int64(cpt[0, i0]), y, COUNTER_LIMIT)
             i0 = cb1 + d * 3 + _pred_state(ce1, n, d)
@@ -752,13 +770,9 @@ def _update_one(
         eb = ((up1 << 20) + (ur << 10) + sym + 6) * 0x3E5B7C9D1F2A4B6D
         lane[b, L_HASH + H_BIGRAM] = ORDER0_HASH  # 0 before the lane's first byte
         lane[b, L_HASH + H_BIGRAM + 1] = eb ^ ((eb >> 29) & 0x7FFFFFFFF)
-        col = nlen % rl
-        ca = ((rl << 32) + (col << 10) + up1 + 9) * 0x4F1BBCDCBFA53E0B
-        cb = ((col << 20) + (up1 << 10) + up2 + 11) * 0x1B873593CC9E2D51
-        lane[b, L_HASH + H_BIGRAM + 2] = ca ^ ((ca >> 29) & 0x7FFFFFFFF)
-        lane[b, L_HASH + H_BIGRAM + 3] = cb ^ ((cb >> 29) & 0x7FFFFFFFF)
         lane[b, L_W1] = _window(hist, b, nlen - rl, nlen)
         lane[b, L_W2] = _window(hist, b, nlen - 2 * rl, nlen)
+        lane[b, L_W3] = _window(hist, b, nlen - 3 * rl, nlen)
     else:
         bg = (lane[b, L_PWORD] * 0x2545F4914F6CDD1D + wd + sym + 13) * 0x6C62272E07BB0142
         lane[b, L_HASH + H_BIGRAM] = bg ^ ((bg >> 29) & 0x7FFFFFFFF)
