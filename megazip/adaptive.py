@@ -52,7 +52,7 @@ import numpy as np
 
 from .intmodel import COUNT_TOTAL
 
-ADAPTIVE_VERSION = 3
+ADAPTIVE_VERSION = 4
 
 # ---- fixed-point conventions -------------------------------------------------------
 # probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
