@@ -108,6 +108,8 @@ ORDER0_HASH = 7146604135283800957  # the order-0 context of record lanes
 MAX_RECORD = 2048  # longest record length the encoder looks for
 RECORD_LIMIT = 65535  # longest record length a stream may signal
 RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
+# params[1] bits (ablation only): models switched off
+OFF_BITMAP, OFF_COLPRED, OFF_MIXER2, OFF_APM2, OFF_BIGRAM = 1, 2, 4, 8, 16
 LAZY_MASS = 4096  # nodes with less of the 2^24 mass take the prior's probability
 
 _jit = nb.njit(cache=True, nogil=True)
@@ -197,9 +199,10 @@ N_PEND = 1
 class LaneModels:
     """Adaptive state of one block of B lanes of up to `capacity` bytes each, given the
     block's signalled record length `record` (0: none): per-lane histories and a model
-    shared by the lanes (numpy arrays, sized from B * capacity with fixed caps)."""
+    shared by the lanes (numpy arrays, sized from B * capacity with fixed caps). `off`
+    (OFF_* bits, 0 in every stream) switches models off, to measure what each adds."""
 
-    def __init__(self, lanes: int, capacity: int, record: int = 0):
+    def __init__(self, lanes: int, capacity: int, record: int = 0, off: int = 0):
         capacity = max(int(capacity), 1)
         total = lanes * capacity
         bits = min(MAX_BUCKET_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 1))
@@ -236,8 +239,10 @@ class LaneModels:
         self.apm3 = np.tile(knots, (256 * 256, 1))
         self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
         # block parameters: [0] the record length signalled for the block (0: none; the
-        # lanes then detect their own, as in version 2)
-        self.params = np.zeros(1, np.int64)
+        # lanes then detect their own, as in version 2); [1] models switched off (OFF_*
+        # bits: for measuring what each adds; a stream always has 0)
+        self.params = np.zeros(2, np.int64)
+        self.params[1] = off
         if record:
             self.params[0] = record
             self.lane[:, L_RLEN] = record
@@ -394,6 +399,7 @@ def _mix_one(
     params,
 ):
     mask = ctab.shape[1] // 16 - 1
+    off = params[1]
     x = inputs[b]  # (256, N_IN): input i of node n, kept for update()
     pmb = pmix[b]
     # prior: subtree sums of the 256 counts
@@ -447,6 +453,8 @@ def _mix_one(
                 bases[k] = base if np.int64(ctab[k, base]) == chk else -1
                 if k < len(ORDERS) and bases[k] >= 0:
                     oc += 1
+            if off & OFF_BIGRAM and not rec:
+                bases[H_BIGRAM] = -1
         for j in range(1, 16):
             n = NODE_OF[s, j]
             if mass[n] < lazy:  # below LAZY_MASS: order 1 or the prior, not mixed
@@ -464,7 +472,9 @@ def _mix_one(
                         x[n, IN_H0 + k] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     else:
                         x[n, IN_H0 + k] = 0
-                if rec:
+                if rec and off & OFF_BITMAP:
+                    x[n, IN_BM] = x[n, IN_BM + 1] = x[n, IN_BM + 2] = 0
+                elif rec:
                     ca, cb, cc = _bitmap_ctx(n, c1, bw1, bw2, bw3)
                     v = np.int64(bm[ca])
                     x[n, IN_BM] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
@@ -472,6 +482,9 @@ def _mix_one(
                     x[n, IN_BM + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     v = np.int64(bm[BM_OFF[2] + (cc & bmask)])
                     x[n, IN_BM + 2] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                if rec and off & OFF_COLPRED:
+                    x[n, IN_CP] = x[n, IN_CP + 1] = 0
+                elif rec:
                     d = DEPTH[n]
                     v = np.int64(cpt[0, cb0 + d * 3 + _pred_state(ce0, n, d)])
                     x[n, IN_CP] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
@@ -502,6 +515,8 @@ def _mix_one(
                 psub[b, 1, n] = p2
                 wn = wf[n]
                 pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2]) >> MIX_SHIFT)
+                if off & OFF_MIXER2:
+                    pm = p1
                 pmb[n] = pm
                 sv = _st(pm) + 3072
                 k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
@@ -510,12 +525,15 @@ def _mix_one(
                 q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
                 r = r0 + n
                 q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+                q3 = 0
                 if rec:
                     r = u0 + n
                     q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
                 r = _apm4_row(c2, n)
                 q4 = ((a4[r, k1] >> 16) * g1 + (a4[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-                if rec:
+                if off & OFF_APM2:  # version 3's APMs
+                    p = (pm + q1 + q2 + q3) >> 2 if rec else (2 * pm + q1 + q2) >> 2
+                elif rec:
                     p = (pm + q1 + q2 + q3 + q4 + 2) // 5
                 else:
                     p = (2 * pm + q1 + q2 + 2 * q4 + 2) // 6
@@ -645,7 +663,8 @@ def _update_one(
         if pm == 0:  # not mixed (below LAZY_MASS): no mixer or APM to train
             continue
         # the two mixers, each toward the bit from its own output, then the final one
-        for m in range(2):
+        two = (params[1] & OFF_MIXER2) == 0
+        for m in range(2 if two else 1):
             ws = w[wsel[b, 0, n]] if m == 0 else w2[wsel[b, 1, n]]
             err = (y << 16) - np.int64(psub[b, m, n])
             cnt = ws[N_IN]
@@ -657,9 +676,10 @@ def _update_one(
         err = (y << 16) - pm
         cnt = wn[2]
         err = (err * LR_DECAY[cnt]) >> 16
-        wn[2] = min(cnt + 1, LR_STEPS)
-        wn[0] += (STRETCH[psub[b, 0, n]] * err) >> FINAL_SHIFT
-        wn[1] += (STRETCH[psub[b, 1, n]] * err) >> FINAL_SHIFT
+        wn[2] = min(cnt + 1, LR_STEPS) if two else cnt
+        if two:
+            wn[0] += (STRETCH[psub[b, 0, n]] * err) >> FINAL_SHIFT
+            wn[1] += (STRETCH[psub[b, 1, n]] * err) >> FINAL_SHIFT
         # APMs: move the two knots around p toward the bit
         k1, f1 = _apm_idx(pm)
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
