@@ -60,7 +60,10 @@ def main(argv=None) -> dict:
         )
     modelled = [r for r in rows if r["stage"] == r["stage"]]  # NaN: not model-coded
     n = sum(r["bytes"] for r in modelled)
-    total = {k: sum(r[k + "_bits"] for r in modelled) / n if n else 0.0 for k in ("prior", "flat", "stage")}
+    total = {
+        k: sum(r[k + "_bits"] for r in modelled) / n if n else 0.0
+        for k in ("prior", "flat", "stage")
+    }
     total["saves_percent"] = 100 * (1 - total["stage"] / total["flat"]) if total["flat"] else 0.0
     doc = {
         "model": args.model,

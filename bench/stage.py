@@ -12,7 +12,9 @@ record length from adaptive.choose_record, adaptive.mix_chunk chunk by chunk) an
 per file: bytes, the stage's ideal bits/byte over all segments, and an estimate of the
 file's coded size (every segment at the cheapest of its model cost bits / 8 +
 container.STREAM_OVERHEAD, zstd -19 and stored, as container._code_block chooses; no
-headers, no re-coding without the segments that lost), plus the stage's CPU time (process time: steady on a busy machine).
+headers, no re-coding without the segments that lost), plus the stage's CPU time
+(process time, after a warm-up that compiles it: steadier than wall time on a busy
+machine).
 
 --prior flat replaces the prior by flat counts (every byte COUNT_TOTAL / 256), --prior
 none measures the prior alone (no stage). --json FILE writes the figures.

@@ -1,43 +1,52 @@
-"""The adaptive stage (version 3): context mixing on top of the model, shared by a block.
+"""The adaptive stage (version 4): context mixing on top of the model, shared by a block.
 
 A prior cannot know a file's own statistics. This stage learns them online, in integer
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
 of each byte: the byte is the path of 8 binary decisions (most significant bit first)
 through a tree of 255 nodes, node n in 1..255 (children 2n for bit 0 and 2n + 1 for bit
-1, leaves 256 + byte). For every node it computes p(bit = 1) from:
+1, leaves 256 + byte). For every node it computes p(bit = 1) from these models, each an
+input of the mixers (a counter is a 16-bit probability with a hit count, learning at rate
+1 / (n + 1.5)):
 
 - the prior: the node's share of the prior's 256 counts (the prior is exact in this
   decomposition: without other inputs the stage reproduces it);
-- order-1 statistics (a direct table) and hashed order-2, 3, 4, 6 contexts and a word
-  context (the letters since the last non-letter), each an adaptive probability per
-  (context, node), in buckets of 16 entries per (context, high nibble) with a check word;
+- order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 6, a word
+  context (the letters since the last non-letter, case folded) and two record or sparse
+  contexts, each a counter per (context, node) in buckets of 16 per (context, high
+  nibble) with a check word; a lane without a record length adds the word bigram (the
+  previous word with the current one), a lane with one order 0 and the byte above with
+  its right neighbour;
 - a match model: the byte that followed the last occurrence of the last MIN_MATCH bytes
   (in any lane of the block), predicted with a learned confidence per match length;
-- a record model: with a record length r (fixed-width records, image rows), contexts of
-  the bytes one and two records above, the byte above with its right neighbour and the
-  previous byte, and an order-0 context; without one, two sparse contexts. The encoder
-  chooses r for the whole block from all its bytes (choose_record) and signals it in the
-  stream, so every lane uses it from its first byte; with r = 0 each lane still detects
-  its own from recurring byte distances;
+- with a record length r (fixed-width records, image rows): bit-level 2-D contexts for
+  1-bit-per-pixel bitmaps (the pixels to the left, and above, in windows of one to three
+  rows; three neighbourhood sizes, direct or hashed counter tables), and two column
+  predictions (the byte above; the byte above plus its difference to the one above it),
+  each a counter by (column, whether it held for the previous byte, depth, predicted
+  bit). The encoder chooses r for the whole block from all its bytes (choose_record) and
+  signals it in the stream, so every lane uses it from its first byte; with r = 0 each
+  lane still detects its own from recurring byte distances;
 
-all mixed in the logistic ("stretch") domain by a single-layer network with integer
-weights selected by the node, the match state and the record state, learned online; then
-refined by adaptive probability maps (APM/SSE) selected by the node, by (node, previous
-byte) and, with a record length, by (node, byte above). The 255 node probabilities
-become the 256 counts the range coder needs: a byte's count is the product of its path's
-probabilities, computed top down in integers so that every count is >= 1 and they sum
-to COUNT_TOTAL exactly. Nodes are computed parents first; a node whose share of the
-count mass is below LAZY_MASS (of 2^24) is not mixed: it takes the order-1 counter's
-probability (or the prior's), which costs little, since such bytes are rare, and saves
-most of the work on predictable data.
+mixed in the logistic ("stretch") domain by two single-layer networks with integer
+weights learned online, one with weight sets selected by (node, match state, record),
+the other by (confirmed orders, depth, match state, record, class of the last byte or
+which column predictions held), combined by a final mixer per node; then refined by
+adaptive probability maps (APM/SSE) selected by the node, by (node, previous byte), by
+a hash of (node, previous two bytes) and, with a record length, by (node, byte above).
+The 255 node probabilities become the 256 counts the range coder needs: a byte's count
+is the product of its path's probabilities, computed top down in integers so that every
+count is >= 1 and they sum to COUNT_TOTAL exactly. Nodes are computed parents first; a
+node whose share of the count mass is below LAZY_MASS (of 2^24) is not mixed: it takes
+the order-1 counter's probability (or the prior's), which costs little, since such
+bytes are rare, and saves most of the work on predictable data.
 
 State is shared by all lanes of a block (one range-coder stream): all active lanes are
 predicted at step t from the state after step t - 1, then the state learns from every
 lane's byte t in lane order. Each lane keeps only its own bytes, context hashes and match
-pointer. Encoder and decoder run the same integer code in the same order, so their
-tables are identical by construction. Lookup tables (stretch/squash) are computed with
-Python's `decimal` module (correctly rounded, identical on every platform) and checked
-against a fixed digest at import.
+pointer. Encoder and decoder run the same integer code in the same order (mix_chunk is
+mix then update, position by position), so their tables are identical by construction.
+Lookup tables (stretch/squash) are computed with Python's `decimal` module (correctly
+rounded, identical on every platform) and checked against a fixed digest at import.
 
 Format version: ADAPTIVE_VERSION, recorded in .mgz headers; docs/FORMAT.md describes it.
 """

@@ -156,7 +156,9 @@ def structured_lane(kind, n, seed):
 @settings(max_examples=12, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
-    kinds=st.lists(st.sampled_from(["text", "records", "bitmap", "repeat"]), min_size=1, max_size=4),
+    kinds=st.lists(
+        st.sampled_from(["text", "records", "bitmap", "repeat"]), min_size=1, max_size=4
+    ),
     T=st.integers(50, 700),
     record=st.sampled_from([0, 8, 27]),
     chunk=st.integers(1, 80),
