@@ -1,43 +1,52 @@
-"""The adaptive stage (version 3): context mixing on top of the model, shared by a block.
+"""The adaptive stage (version 4): context mixing on top of the model, shared by a block.
 
 A prior cannot know a file's own statistics. This stage learns them online, in integer
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
 of each byte: the byte is the path of 8 binary decisions (most significant bit first)
 through a tree of 255 nodes, node n in 1..255 (children 2n for bit 0 and 2n + 1 for bit
-1, leaves 256 + byte). For every node it computes p(bit = 1) from:
+1, leaves 256 + byte). For every node it computes p(bit = 1) from these models, each an
+input of the mixers (a counter is a 16-bit probability with a hit count, learning at rate
+1 / (n + 1.5)):
 
 - the prior: the node's share of the prior's 256 counts (the prior is exact in this
   decomposition: without other inputs the stage reproduces it);
-- order-1 statistics (a direct table) and hashed order-2, 3, 4, 6 contexts and a word
-  context (the letters since the last non-letter), each an adaptive probability per
-  (context, node), in buckets of 16 entries per (context, high nibble) with a check word;
+- order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 6, a word
+  context (the letters since the last non-letter, case folded) and two record or sparse
+  contexts, each a counter per (context, node) in buckets of 16 per (context, high
+  nibble) with a check word; a lane without a record length adds the word bigram (the
+  previous word with the current one), a lane with one order 0 and the byte above with
+  its right neighbour;
 - a match model: the byte that followed the last occurrence of the last MIN_MATCH bytes
   (in any lane of the block), predicted with a learned confidence per match length;
-- a record model: with a record length r (fixed-width records, image rows), contexts of
-  the bytes one and two records above, the byte above with its right neighbour and the
-  previous byte, and an order-0 context; without one, two sparse contexts. The encoder
-  chooses r for the whole block from all its bytes (choose_record) and signals it in the
-  stream, so every lane uses it from its first byte; with r = 0 each lane still detects
-  its own from recurring byte distances;
+- with a record length r (fixed-width records, image rows): bit-level 2-D contexts for
+  1-bit-per-pixel bitmaps (the pixels to the left, and above, in windows of one to three
+  rows; three neighbourhood sizes, direct or hashed counter tables), and two column
+  predictions (the byte above; the byte above plus its difference to the one above it),
+  each a counter by (column, whether it held for the previous byte, depth, predicted
+  bit). The encoder chooses r for the whole block from all its bytes (choose_record) and
+  signals it in the stream, so every lane uses it from its first byte; with r = 0 each
+  lane still detects its own from recurring byte distances;
 
-all mixed in the logistic ("stretch") domain by a single-layer network with integer
-weights selected by the node, the match state and the record state, learned online; then
-refined by adaptive probability maps (APM/SSE) selected by the node, by (node, previous
-byte) and, with a record length, by (node, byte above). The 255 node probabilities
-become the 256 counts the range coder needs: a byte's count is the product of its path's
-probabilities, computed top down in integers so that every count is >= 1 and they sum
-to COUNT_TOTAL exactly. Nodes are computed parents first; a node whose share of the
-count mass is below LAZY_MASS (of 2^24) is not mixed: it takes the order-1 counter's
-probability (or the prior's), which costs little, since such bytes are rare, and saves
-most of the work on predictable data.
+mixed in the logistic ("stretch") domain by two single-layer networks with integer
+weights learned online, one with weight sets selected by (node, match state, record),
+the other by (confirmed orders, depth, match state, record, class of the last byte or
+which column predictions held), combined by a final mixer per node; then refined by
+adaptive probability maps (APM/SSE) selected by the node, by (node, previous byte), by
+a hash of (node, previous two bytes) and, with a record length, by (node, byte above).
+The 255 node probabilities become the 256 counts the range coder needs: a byte's count
+is the product of its path's probabilities, computed top down in integers so that every
+count is >= 1 and they sum to COUNT_TOTAL exactly. Nodes are computed parents first; a
+node whose share of the count mass is below LAZY_MASS (of 2^24) is not mixed: it takes
+the order-1 counter's probability (or the prior's), which costs little, since such
+bytes are rare, and saves most of the work on predictable data.
 
 State is shared by all lanes of a block (one range-coder stream): all active lanes are
 predicted at step t from the state after step t - 1, then the state learns from every
 lane's byte t in lane order. Each lane keeps only its own bytes, context hashes and match
-pointer. Encoder and decoder run the same integer code in the same order, so their
-tables are identical by construction. Lookup tables (stretch/squash) are computed with
-Python's `decimal` module (correctly rounded, identical on every platform) and checked
-against a fixed digest at import.
+pointer. Encoder and decoder run the same integer code in the same order (mix_chunk is
+mix then update, position by position), so their tables are identical by construction.
+Lookup tables (stretch/squash) are computed with Python's `decimal` module (correctly
+rounded, identical on every platform) and checked against a fixed digest at import.
 
 Format version: ADAPTIVE_VERSION, recorded in .mgz headers; docs/FORMAT.md describes it.
 """
@@ -52,35 +61,54 @@ import numpy as np
 
 from .modelspec import COUNT_TOTAL
 
-ADAPTIVE_VERSION = 3
+ADAPTIVE_VERSION = 4
 
 # ---- fixed-point conventions -------------------------------------------------------
 # probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
 # clamped to [-SMAX, SMAX]
 SMAX = 3071
 ORDERS = (2, 3, 4, 6)  # hashed byte contexts (order 1 is a direct table)
-# plus the word context, two record (or sparse) contexts, and two contexts that exist
-# only with a record length (order 0; the byte above, its right neighbour and the last)
+# plus the word context, two record (or sparse) contexts; then, in a lane without a
+# record length, the word bigram (K_TEXT contexts in all), and in a lane with one, order
+# 0 and the byte above with its right neighbour and the last (K_REC)
 N_HASHED = len(ORDERS) + 5
-N_EXTRA = 2
-# mixer inputs: bias, prior, order 1, hashed orders, word, match
-N_IN = 3 + N_HASHED + 1
-IN_BIAS, IN_PRIOR, IN_O1, IN_H0 = 0, 1, 2, 3
-IN_MATCH = N_IN - 1
+K_TEXT = len(ORDERS) + 4
+K_REC = N_HASHED
+H_WORD = len(ORDERS)
+H_BIGRAM = len(ORDERS) + 3
+N_BITMAP = 3  # bit-level 2-D contexts of a lane with a record length, in one table:
+BM_OFF = (0, 1 << 12, (1 << 12) + (1 << 20))  # 12 and 20 bits direct, then one hashed to
+BITMAP_BITS = 22  # at most this many bits (fewer for small blocks)
+N_COLPRED = 2  # expected bytes of a record lane: the byte above; above + (above - 2 up)
+COL_CAP = 1023  # columns beyond this share one context
+# mixer inputs: bias, prior, order 1, match, hashed contexts, then those of record lanes
+# only: bitmap contexts, column predictions. A lane without a record length mixes the
+# first N_IN_TEXT (its other inputs would be 0), a lane with one all N_IN.
+IN_BIAS, IN_PRIOR, IN_O1, IN_MATCH, IN_H0 = 0, 1, 2, 3, 4
+IN_BM = IN_H0 + N_HASHED
+IN_CP = IN_BM + N_BITMAP
+N_IN = IN_CP + N_COLPRED
+N_IN_TEXT = IN_H0 + K_TEXT
+# second mixer's weight sets: (confirmed orders, depth, match, record, class of the last byte
+# or, in a record lane, which column predictions held for it)
+N_SEL2 = 5 * 8 * 3 * 2 * 4
 RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
 LONG_MATCH = 16
 MIX_SHIFT = 16  # weights: 1.0 = 2^16
+FINAL_SHIFT = 13  # the final mixer's learning rate (as LR_SHIFT)
 LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
 LR_HALF = 256  # the rate of a weight set falls as 1 / (1 + n / LR_HALF) after n updates
 LR_FLOOR = 16  # ... down to 1 / LR_FLOOR
 COUNTER_LIMIT = 255  # adaptive counters: rate 1 / (n + 1.5), n capped here
+BITMAP_LIMIT = 255  # ... in the bitmap contexts
 APM_SHIFT = 8
 APM_STEP = 1 << APM_SHIFT
 APM_KNOTS = 2 * 3072 // APM_STEP + 1  # 25 knots over the stretch range
 APM_LIMIT = 127
+APM4_BITS = 16  # the order-2 APM: (last two bytes, node) hashed to this many bits
 APM_INIT = 8  # initial observation count of an APM knot (its first rates: 1 / 9.5 ...)
 MAX_BUCKET_BITS = 18  # per hashed context kind: at most 2^18 buckets of 16 entries
 MIN_BUCKET_BITS = 10
@@ -89,7 +117,9 @@ ORDER0_HASH = 7146604135283800957  # the order-0 context of record lanes
 MAX_RECORD = 2048  # longest record length the encoder looks for
 RECORD_LIMIT = 65535  # longest record length a stream may signal
 RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
-LAZY_MASS = 1024  # nodes with less of the 2^24 mass take the prior's probability
+# params[1] bits (ablation only): models switched off
+OFF_BITMAP, OFF_COLPRED, OFF_MIXER2, OFF_APM2, OFF_BIGRAM = 1, 2, 4, 8, 16
+LAZY_MASS = 4096  # nodes with less of the 2^24 mass take the prior's probability
 
 _jit = nb.njit(cache=True, nogil=True)
 
@@ -136,6 +166,16 @@ RATE = np.array(
     [int(65536 * 2 // (2 * n + 3)) for n in range(max(COUNTER_LIMIT, APM_LIMIT) + 1)], np.int64
 )
 
+# classes of the last byte for the second mixer: letters, white space, digits and ASCII
+# punctuation, others
+BYTE_CLASS = np.full(256, 3, np.int64)
+for _c in range(33, 127):
+    BYTE_CLASS[_c] = 2
+for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz":
+    BYTE_CLASS[_c] = 0
+for _c in b" \t\n\r":
+    BYTE_CLASS[_c] = 1
+
 # which of the 17 buckets of a context holds node n (0: high nibble; 1 + h: low nibble
 # after high nibble h) and its entry (1..15) in that bucket
 NODE_BUCKET = np.zeros(256, np.int64)
@@ -157,8 +197,9 @@ for _n in range(1, 256):
 # per-lane integer state (columns of LaneModels.lane); L_U1: the byte above (record)
 L_LEN, L_C1, L_MLANE, L_MPOS, L_MLEN, L_WORD = 0, 1, 2, 3, 4, 5
 L_RLEN, L_R1, L_RC1, L_R2, L_RC2 = 6, 7, 8, 9, 10  # record length and two candidates
-L_U1 = 11
-L_HASH = 12  # N_HASHED context hashes follow
+L_U1, L_PWORD = 11, 12  # the byte above (record); the last whole word's hash
+L_W1, L_W2, L_W3 = 13, 14, 15  # bitmap: bytes above-left, above, above-right; 2, 3 rows up
+L_HASH = 16  # N_HASHED context hashes follow
 N_LANE = L_HASH + N_HASHED
 P_EXP = 0  # saved per lane at mix time (LaneModels.pend): expected byte of the match, -1
 N_PEND = 1
@@ -167,9 +208,10 @@ N_PEND = 1
 class LaneModels:
     """Adaptive state of one block of B lanes of up to `capacity` bytes each, given the
     block's signalled record length `record` (0: none): per-lane histories and a model
-    shared by the lanes (numpy arrays, sized from B * capacity with fixed caps)."""
+    shared by the lanes (numpy arrays, sized from B * capacity with fixed caps). `off`
+    (OFF_* bits, 0 in every stream) switches models off, to measure what each adds."""
 
-    def __init__(self, lanes: int, capacity: int, record: int = 0):
+    def __init__(self, lanes: int, capacity: int, record: int = 0, off: int = 0):
         capacity = max(int(capacity), 1)
         total = lanes * capacity
         bits = min(MAX_BUCKET_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 1))
@@ -179,23 +221,37 @@ class LaneModels:
         self.lane[:, L_MLANE] = -1
         self.pend = np.full((lanes, N_PEND), -1, np.int64)
         self.last = np.full((lanes, 256, 3), -1, np.int64)  # last 3 positions of each value
-        self.inputs = np.zeros((lanes, N_IN, 256), np.int32)  # saved at mix time
+        self.inputs = np.zeros((lanes, 256, N_IN), np.int32)  # saved at mix time
         self.pmix = np.zeros((lanes, 256), np.int32)  # mixer output per node (16 bits)
+        self.wsel = np.zeros((lanes, 2, 256), np.int32)  # the node's weight sets (mix time)
+        self.psub = np.zeros((lanes, 2, 256), np.int32)  # the two mixers' outputs
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
         self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
+        bmb = min(BITMAP_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 3))
+        self.bitmap = np.full(BM_OFF[2] + (1 << bmb), 32768 << 16, np.uint32)
+        self.colpred = np.full((N_COLPRED, (COL_CAP + 1) * 48), 32768 << 16, np.uint32)
         self.match = np.full(1 << mbits, -1, np.int64)  # lane * capacity + position
         self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
         self.mconf[:, 0] = 49152
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
+        w2 = np.zeros((N_SEL2, N_IN + 1), np.int64)
+        w2[:, IN_PRIOR] = 1 << MIX_SHIFT
+        self.weights2 = w2
+        wf = np.zeros((256, 3), np.int64)  # the final mixer of the two, per node
+        wf[:, :2] = 1 << (MIX_SHIFT - 1)
+        self.final = wf
         knots = (SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20) + APM_INIT
         self.apm1 = np.tile(knots, (256, 1))
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256, 1))
+        self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
         # block parameters: [0] the record length signalled for the block (0: none; the
-        # lanes then detect their own, as in version 2)
-        self.params = np.zeros(1, np.int64)
+        # lanes then detect their own, as in version 2); [1] models switched off (OFF_*
+        # bits: for measuring what each adds; a stream always has 0)
+        self.params = np.zeros(2, np.int64)
+        self.params[1] = off
         if record:
             self.params[0] = record
             self.lane[:, L_RLEN] = record
@@ -208,14 +264,21 @@ class LaneModels:
             self.last,
             self.inputs,
             self.pmix,
+            self.wsel,
+            self.psub,
             self.o1,
             self.ctab,
+            self.bitmap,
+            self.colpred,
             self.match,
             self.mconf,
             self.weights,
+            self.weights2,
+            self.final,
             self.apm1,
             self.apm2,
             self.apm3,
+            self.apm4,
             self.params,
         )
 
@@ -260,6 +323,63 @@ def _cheap(tree, n, o1, r0):
 
 
 @_jit
+def _bitmap_ctx(n, c1, w1, w2, w3):
+    """The three bit-level 2-D contexts of node n (depth d) of a bitmap row: the pixels
+    to the left (the bits of the byte so far, then the previous byte), above (w1: the
+    bytes above-left, above and above-right, 24 bits), two and three rows up (w2, w3):
+    12 and 20 bits, and a wider one hashed to BITMAP_BITS."""
+    d = DEPTH[n]
+    cur = (c1 << d) | (n - (1 << d))
+    pos = 15 - d  # the bit of w1 above the current pixel
+    ca = (cur & 15) | (((w1 >> (pos - 2)) & 31) << 4) | (((w2 >> (pos - 1)) & 7) << 9)
+    cb = (cur & 127) | (((w1 >> (pos - 4)) & 255) << 7) | (((w2 >> (pos - 2)) & 31) << 15)
+    cc = (
+        (cur & 255)
+        | (((w1 >> (pos - 5)) & 2047) << 8)
+        | (((w2 >> (pos - 3)) & 127) << 19)
+        | (((w3 >> (pos - 1)) & 7) << 26)
+    )
+    cc = ((cc + 1) * 0x9E3779B97F4A7C15) >> 30
+    return ca, cb, cc
+
+
+@_jit
+def _col_pred(hist, b, t, rl):
+    """The column predictions of byte t of a record lane (record length rl): expected
+    bytes (the byte above; the byte above plus its difference to the one above it; -1
+    where the lane is too short) and their counters' bases in the colpred table: by
+    column and by whether the prediction held for byte t - 1 (then depth, bit state)."""
+    col = min(t % rl, COL_CAP)
+    e0 = np.int64(hist[b, t - rl]) if t >= rl else -1
+    e1 = (2 * e0 - np.int64(hist[b, t - 2 * rl])) & 255 if t >= 2 * rl else -1
+    ok0 = 0
+    ok1 = 0
+    if t >= rl + 1:
+        prev = np.int64(hist[b, t - 1])
+        ok0 = 1 if np.int64(hist[b, t - 1 - rl]) == prev else 0
+        if t >= 2 * rl + 1:
+            v = (2 * np.int64(hist[b, t - 1 - rl]) - np.int64(hist[b, t - 1 - 2 * rl])) & 255
+            ok1 = 1 if v == prev else 0
+    return e0, e1, (col * 2 + ok0) * 24, (col * 2 + ok1) * 24
+
+
+@_jit
+def _pred_state(e, n, d):
+    """0/1: the bit an expected byte e predicts at node n (depth d) on its path; 2: off
+    the path (or no expected byte)."""
+    if e >= 0 and ((256 + e) >> (8 - d)) == n:
+        return (e >> (7 - d)) & 1
+    return 2
+
+
+@_jit
+def _apm4_row(c2, n):
+    """The order-2 APM's row of node n after the bytes c2 = (byte t - 2) << 8 | byte t - 1."""
+    h = (c2 * 0x100 + n + 1) * 0x9E3779B97F4A7C15
+    return (h >> 40) & ((1 << APM4_BITS) - 1)
+
+
+@_jit
 def _mix_one(
     counts,
     b,
@@ -270,18 +390,26 @@ def _mix_one(
     last,
     inputs,
     pmix,
+    wsel,
+    psub,
     o1,
     ctab,
+    bm,
+    cpt,
     match,
     mconf,
     w,
+    w2,
+    wf,
     a1,
     a2,
     a3,
+    a4,
     params,
 ):
     mask = ctab.shape[1] // 16 - 1
-    x = inputs[b]  # (N_IN, 256): input i of node n, kept for update()
+    off = params[1]
+    x = inputs[b]  # (256, N_IN): input i of node n, kept for update()
     pmb = pmix[b]
     # prior: subtree sums of the 256 counts
     tree = np.empty(512, np.int64)
@@ -293,7 +421,19 @@ def _mix_one(
     r0 = c1 << 8
     rec = 3 if lane[b, L_RLEN] > 0 else 0
     u0 = lane[b, L_U1] << 8
-    nk = N_HASHED if rec else N_HASHED - N_EXTRA
+    tt = lane[b, L_LEN]
+    c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
+    ccls = BYTE_CLASS[c1]
+    nk = K_REC if rec else K_TEXT
+    ni = N_IN if rec else N_IN_TEXT
+    bw1 = lane[b, L_W1]
+    bw2 = lane[b, L_W2]
+    bw3 = lane[b, L_W3]
+    bmask = bm.shape[0] - BM_OFF[2] - 1
+    ce0 = ce1 = cb0 = cb1 = -1
+    if rec:
+        ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
+        ccls = ((cb0 // 24) & 1) * 2 + ((cb1 // 24) & 1)  # which predictions held
     # match model: expected byte
     e = -1
     mlen = 0
@@ -316,40 +456,76 @@ def _mix_one(
     for s in range(17):
         top = 1 if s == 0 else 16 + s - 1  # the bucket's first node
         if mass[top] >= lazy:  # (mass only shrinks downwards: else no node here is mixed)
+            oc = 0
             for k in range(nk):
                 base, chk = _bucket(lane[b, L_HASH + k], s, mask)
                 bases[k] = base if np.int64(ctab[k, base]) == chk else -1
+                if k < len(ORDERS) and bases[k] >= 0:
+                    oc += 1
+            if off & OFF_BIGRAM and not rec:
+                bases[H_BIGRAM] = -1
         for j in range(1, 16):
             n = NODE_OF[s, j]
             if mass[n] < lazy:  # below LAZY_MASS: order 1 or the prior, not mixed
                 p = _cheap(tree, n, o1, r0)
                 pmb[n] = 0
             else:
-                x[IN_BIAS, n] = 256
-                x[IN_PRIOR, n] = _st((tree[2 * n + 1] << 16) // tree[n])
+                x[n, IN_BIAS] = 256
+                x[n, IN_PRIOR] = _st((tree[2 * n + 1] << 16) // tree[n])
                 v = np.int64(o1[r0 + n])
-                x[IN_O1, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                x[n, IN_O1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                 for k in range(nk):
                     base = bases[k]
                     if base >= 0:
                         v = np.int64(ctab[k, base + j])
-                        x[IN_H0 + k, n] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                        x[n, IN_H0 + k] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                     else:
-                        x[IN_H0 + k, n] = 0
-                for k in range(nk, N_HASHED):
-                    x[IN_H0 + k, n] = 0
+                        x[n, IN_H0 + k] = 0
+                if rec and off & OFF_BITMAP:
+                    x[n, IN_BM] = x[n, IN_BM + 1] = x[n, IN_BM + 2] = 0
+                elif rec:
+                    ca, cb, cc = _bitmap_ctx(n, c1, bw1, bw2, bw3)
+                    v = np.int64(bm[ca])
+                    x[n, IN_BM] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    v = np.int64(bm[BM_OFF[1] + cb])
+                    x[n, IN_BM + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    v = np.int64(bm[BM_OFF[2] + (cc & bmask)])
+                    x[n, IN_BM + 2] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                if rec and off & OFF_COLPRED:
+                    x[n, IN_CP] = x[n, IN_CP + 1] = 0
+                elif rec:
+                    d = DEPTH[n]
+                    v = np.int64(cpt[0, cb0 + d * 3 + _pred_state(ce0, n, d)])
+                    x[n, IN_CP] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+                    v = np.int64(cpt[1, cb1 + d * 3 + _pred_state(ce1, n, d)])
+                    x[n, IN_CP + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                 st = 0
-                x[IN_MATCH, n] = 0
+                x[n, IN_MATCH] = 0
                 if e >= 0:
                     d = DEPTH[n]
                     if ((256 + e) >> (8 - d)) == n:
                         st = mst
-                        x[IN_MATCH, n] = sp if (e >> (7 - d)) & 1 else -sp
-                ws = w[n * N_MSTATE + st + rec]
+                        x[n, IN_MATCH] = sp if (e >> (7 - d)) & 1 else -sp
+                sel = n * N_MSTATE + st + rec
+                sel2 = (((oc * 8 + DEPTH[n]) * 3 + st) * 2 + (1 if rec else 0)) * 4 + ccls
+                wsel[b, 0, n] = sel
+                wsel[b, 1, n] = sel2
+                ws = w[sel]
+                ws2 = w2[sel2]
                 dot = np.int64(0)
-                for i in range(N_IN):
-                    dot += ws[i] * x[i, n]
-                pm = _sq(dot >> MIX_SHIFT)
+                dot2 = np.int64(0)
+                for i in range(ni):
+                    xi = np.int64(x[n, i])
+                    dot += ws[i] * xi
+                    dot2 += ws2[i] * xi
+                p1 = _sq(dot >> MIX_SHIFT)
+                p2 = _sq(dot2 >> MIX_SHIFT)
+                psub[b, 0, n] = p1
+                psub[b, 1, n] = p2
+                wn = wf[n]
+                pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2]) >> MIX_SHIFT)
+                if off & OFF_MIXER2:
+                    pm = p1
                 pmb[n] = pm
                 sv = _st(pm) + 3072
                 k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
@@ -358,12 +534,18 @@ def _mix_one(
                 q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
                 r = r0 + n
                 q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+                q3 = 0
                 if rec:
                     r = u0 + n
                     q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-                    p = (pm + q1 + q2 + q3) >> 2
+                r = _apm4_row(c2, n)
+                q4 = ((a4[r, k1] >> 16) * g1 + (a4[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+                if off & OFF_APM2:  # version 3's APMs
+                    p = (pm + q1 + q2 + q3) >> 2 if rec else (2 * pm + q1 + q2) >> 2
+                elif rec:
+                    p = (pm + q1 + q2 + q3 + q4 + 2) // 5
                 else:
-                    p = (2 * pm + q1 + q2) >> 2
+                    p = (2 * pm + q1 + q2 + 2 * q4 + 2) // 6
                 p = min(65535, max(1, p))
             m1 = (mass[n] * p) >> 16
             mass[2 * n + 1] = m1
@@ -401,18 +583,38 @@ def _learn_apm(v, y):
 
 @_jit
 def _update_one(
-    sym, b, hist, lane, pend, last, inputs, pmix, o1, ctab, match, mconf, w, a1, a2, a3, params
+    sym,
+    b,
+    hist,
+    lane,
+    pend,
+    last,
+    inputs,
+    pmix,
+    wsel,
+    psub,
+    o1,
+    ctab,
+    bm,
+    cpt,
+    match,
+    mconf,
+    w,
+    w2,
+    wf,
+    a1,
+    a2,
+    a3,
+    a4,
+    params,
 ):
     cap = hist.shape[1]
     mask = ctab.shape[1] // 16 - 1
     c1 = lane[b, L_C1]
     e = pend[b, P_EXP]
     mlen = min(lane[b, L_MLEN], MAX_LEN)
-    mst = 0
-    if e >= 0:
-        mst = 1 if mlen < LONG_MATCH else 2
     # hashed contexts: the high-nibble bucket and the actual low-nibble bucket
-    nk = N_HASHED if lane[b, L_RLEN] > 0 else N_HASHED - N_EXTRA
+    nk = K_REC if lane[b, L_RLEN] > 0 else K_TEXT
     for k in range(nk):
         h = lane[b, L_HASH + k]
         for s in (0, 1 + (sym >> 4)):
@@ -429,17 +631,36 @@ def _update_one(
                 ctab[k, base + j] = _learn(np.int64(ctab[k, base + j]), y, COUNTER_LIMIT)
     on_path = e >= 0
     rec = 3 if lane[b, L_RLEN] > 0 else 0
+    ni = N_IN if rec else N_IN_TEXT
+    tt = lane[b, L_LEN]
+    c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
+    bw1 = lane[b, L_W1]
+    bw2 = lane[b, L_W2]
+    bw3 = lane[b, L_W3]
+    bmask = bm.shape[0] - BM_OFF[2] - 1
+    ce0 = ce1 = cb0 = cb1 = -1
+    if rec:
+        ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
     for d in range(8):
         n = (256 + sym) >> (8 - d)
         y = (sym >> (7 - d)) & 1
         # order 1
         i1 = c1 * 256 + n
         o1[i1] = _learn(np.int64(o1[i1]), y, COUNTER_LIMIT)
+        if rec:
+            ca, cb, cc = _bitmap_ctx(n, c1, bw1, bw2, bw3)
+            bm[ca] = _learn(np.int64(bm[ca]), y, BITMAP_LIMIT)
+            cb += BM_OFF[1]
+            bm[cb] = _learn(np.int64(bm[cb]), y, BITMAP_LIMIT)
+            cc = BM_OFF[2] + (cc & bmask)
+            bm[cc] = _learn(np.int64(bm[cc]), y, BITMAP_LIMIT)
+            i0 = cb0 + d * 3 + _pred_state(ce0, n, d)
+            cpt[0, i0] = _learn(np.int64(cpt[0, i0]), y, COUNTER_LIMIT)
+            i0 = cb1 + d * 3 + _pred_state(ce1, n, d)
+            cpt[1, i0] = _learn(np.int64(cpt[1, i0]), y, COUNTER_LIMIT)
         # match confidence, while the byte so far agrees with the expected one
-        ms = 0
         if on_path:
             if ((256 + e) >> (8 - d)) == n:
-                ms = mst
                 ok = 1 if ((e >> (7 - d)) & 1) == y else 0
                 c = mconf[mlen, 1]
                 mconf[mlen, 0] += (ok * 65535 - mconf[mlen, 0]) * 2 // (2 * min(c, 255) + 3)
@@ -450,14 +671,24 @@ def _update_one(
         pm = np.int64(pmix[b, n])
         if pm == 0:  # not mixed (below LAZY_MASS): no mixer or APM to train
             continue
-        # mixer
+        # the two mixers, each toward the bit from its own output, then the final one
+        two = (params[1] & OFF_MIXER2) == 0
+        for m in range(2 if two else 1):
+            ws = w[wsel[b, 0, n]] if m == 0 else w2[wsel[b, 1, n]]
+            err = (y << 16) - np.int64(psub[b, m, n])
+            cnt = ws[N_IN]
+            err = (err * LR_DECAY[cnt]) >> 16
+            ws[N_IN] = min(cnt + 1, LR_STEPS)
+            for i in range(ni):
+                ws[i] += (np.int64(inputs[b, n, i]) * err) >> LR_SHIFT
+        wn = wf[n]
         err = (y << 16) - pm
-        ws = w[n * N_MSTATE + ms + rec]
-        cnt = ws[N_IN]
+        cnt = wn[2]
         err = (err * LR_DECAY[cnt]) >> 16
-        ws[N_IN] = min(cnt + 1, LR_STEPS)
-        for i in range(N_IN):
-            ws[i] += (np.int64(inputs[b, i, n]) * err) >> LR_SHIFT
+        wn[2] = min(cnt + 1, LR_STEPS) if two else cnt
+        if two:
+            wn[0] += (STRETCH[psub[b, 0, n]] * err) >> FINAL_SHIFT
+            wn[1] += (STRETCH[psub[b, 1, n]] * err) >> FINAL_SHIFT
         # APMs: move the two knots around p toward the bit
         k1, f1 = _apm_idx(pm)
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
@@ -467,6 +698,8 @@ def _update_one(
         if rec:
             r = n + (lane[b, L_U1] << 8)
             a3[r, k1] = _learn_apm(a3[r, k1], y)
+        r = _apm4_row(c2, n)
+        a4[r, k1] = _learn_apm(a4[r, k1], y)
     # history, match pointer, context hashes
     t = lane[b, L_LEN]
     hist[b, t] = sym
@@ -510,9 +743,11 @@ def _update_one(
         wd = (wd + lo + 1) * 0x3C6EF372FE94F82B
         wd ^= (wd >> 21) & 0x7FFFFFFFFFF
     else:
+        if wd != 0:
+            lane[b, L_PWORD] = wd
         wd = 0
     lane[b, L_WORD] = wd
-    lane[b, L_HASH + len(ORDERS)] = (wd + sym + 7) * 0x6A09E667F3BCC909
+    lane[b, L_HASH + H_WORD] = (wd + sym + 7) * 0x6A09E667F3BCC909
     # record length: a distance r > 1 at which some byte value recurred 4 times in a row,
     # confirmed RECORD_CONFIRM times (two candidates compete)
     p1, p2, p3 = last[b, sym, 0], last[b, sym, 1], last[b, sym, 2]
@@ -562,8 +797,23 @@ def _update_one(
         ur = np.int64(hist[b, nlen - rl + 1]) if nlen >= rl - 1 and rl > 1 else 256
         lane[b, L_U1] = up1 & 255
         eb = ((up1 << 20) + (ur << 10) + sym + 6) * 0x3E5B7C9D1F2A4B6D
-        lane[b, L_HASH + N_HASHED - 2] = ORDER0_HASH  # 0 before the lane's first byte
-        lane[b, L_HASH + N_HASHED - 1] = eb ^ ((eb >> 29) & 0x7FFFFFFFF)
+        lane[b, L_HASH + H_BIGRAM] = ORDER0_HASH  # 0 before the lane's first byte
+        lane[b, L_HASH + H_BIGRAM + 1] = eb ^ ((eb >> 29) & 0x7FFFFFFFF)
+        lane[b, L_W1] = _window(hist, b, nlen - rl, nlen)
+        lane[b, L_W2] = _window(hist, b, nlen - 2 * rl, nlen)
+        lane[b, L_W3] = _window(hist, b, nlen - 3 * rl, nlen)
+    else:
+        bg = (lane[b, L_PWORD] * 0x2545F4914F6CDD1D + wd + sym + 13) * 0x6C62272E07BB0142
+        lane[b, L_HASH + H_BIGRAM] = bg ^ ((bg >> 29) & 0x7FFFFFFFF)
+
+
+@_jit
+def _window(hist, b, i, t):
+    """The bytes i - 1, i, i + 1 of lane b (those outside 0..t - 1 as 0), 24 bits."""
+    v = np.int64(0)
+    for j in range(i - 1, i + 2):
+        v = (v << 8) | (np.int64(hist[b, j]) if 0 <= j < t else 0)
+    return v
 
 
 @_jit

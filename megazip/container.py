@@ -60,8 +60,11 @@ MAX_RATIO = 256  # a block's lanes hold at most this many bytes per byte of its 
 MAX_NAME = 255
 # What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
 # adaptive stage's state per lane and its shared tables (at their caps).
-STATE_PER_LANE = 21_000
-STATE_SHARED = 225_000_000
+STATE_PER_LANE = 30_000
+# Adaptive-stage versions of format-2 files that this release no longer decodes, and the
+# megazip release that does.
+OLD_STAGES = {3: "0.2.0"}
+STATE_SHARED = 250_000_000
 
 # Writer defaults.
 FRAME_SIZE = 8 << 20  # bytes of input per frame (see FORMAT.md, "Frames": costs ~nothing)
@@ -360,6 +363,11 @@ def frame_memory(length: int, lanes: int, config, kv_bytes: int = 4) -> int:
 def _check_stage(stage: int) -> None:
     from .adaptive import ADAPTIVE_VERSION
 
+    if stage in OLD_STAGES:
+        raise FormatError(
+            f"this file was coded with version {stage} of the adaptive stage: decompress it "
+            f"with megazip {OLD_STAGES[stage]}"
+        )
     if stage not in (STAGE_NONE, ADAPTIVE_VERSION):
         raise FormatError(
             f"this file was coded with version {stage} of the adaptive stage, which this "
