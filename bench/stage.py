@@ -73,12 +73,10 @@ class Priors:
     @property
     def int_model(self):
         if self._model is None:
-            import torch
-
             from megazip import checkpoint
+            from megazip.npmodel import NpMegabyte
 
-            torch.set_grad_enabled(False)
-            self._model = checkpoint.load_int_model(self.model_name)
+            self._model = NpMegabyte.load(checkpoint.int_model_path(self.model_name))
         return self._model
 
     def model_hash(self) -> str:
@@ -111,7 +109,7 @@ class Priors:
             arr = np.lib.format.open_memmap(tmp, "w+", np.int32, (len(segments), T, 256))
             for chunk in BlockTables(self.int_model, segments, adaptive=False):
                 C = chunk.prior.shape[1]
-                arr[:, chunk.start : chunk.start + C] = chunk.prior.numpy()
+                arr[:, chunk.start : chunk.start + C] = np.asarray(chunk.prior)
             arr.flush()
             del arr
             tmp.rename(path)
