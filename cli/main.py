@@ -302,13 +302,9 @@ def info_cmd(files):
     help="Arithmetic of the float model (bfloat16: about 2.5x faster on a CPU with "
     "AVX512-BF16, numbers within ~0.1 % of float32's).",
 )
-@click.option(
-    "-T",
-    "--threads",
-    type=click.IntRange(0, 1 << 10),
-    default=0,
-    help="CPU threads scoring (0: this process's cores, shared among torchrun ranks). "
-    "The numbers are the same for any N.",
+@opt.threads_option(
+    "CPU threads scoring (0: this process's cores, shared among torchrun ranks). "
+    "The numbers are the same for any N."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")

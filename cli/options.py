@@ -32,13 +32,16 @@ def model(in_file: bool = False):
     )
 
 
-threads = click.option(
-    "-T",
-    "--threads",
-    type=click.IntRange(0, 1 << 10),
-    default=0,
-    help="Cores to use (0: all): worker processes for independent blocks, and the model a "
-    "chunk ahead while compressing. The output is the same for any N.",
+def threads_option(help_text: str):
+    """-T/--threads N (0: the default), with a command's own description of its use."""
+    return click.option(
+        "-T", "--threads", type=click.IntRange(0, 1 << 10), default=0, help=help_text
+    )
+
+
+threads = threads_option(
+    "Cores to use (0: all): worker processes for independent blocks, and the model a "
+    "chunk ahead while compressing. The output is the same for any N."
 )
 quiet = click.option("-q", "--quiet", is_flag=True, help="Quiet: no progress bar, fewer messages.")
 verbose = click.option(

@@ -42,6 +42,7 @@ from .modelspec import (  # noqa: F401 (re-exported: the constants live torch-fr
     PAD_BYTE,
     RESIDUAL_LIMIT,
     MegabyteConfig,
+    SlidingKVCache,
 )
 
 
@@ -182,33 +183,13 @@ class IntBlock:
     mlp: IntMLP
 
 
-class IntKVCache:
-    """Keys/values (B, H, S, hd) of one layer, as integers of the kernels' kv_dtype.
-    reserve(T) returns the buffers and the position n where the next T entries go;
-    commit(T) then returns the range [lo, hi) of positions that holds the last `keep`
-    earlier positions followed by the new ones. Entries live in a buffer with room to
-    spare, compacted only when full, so a step costs no full copy."""
-
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.k = self.v = None  # buffers (B, H, capacity, hd)
-        self.n = 0  # filled positions
+class IntKVCache(SlidingKVCache):
+    """modelspec.SlidingKVCache on torch buffers of the kernels' kv_dtype."""
 
     def reserve(self, B, H, T, hd, dtype, device):
-        if self.k is None or self.n + T > self.k.shape[2]:
-            m = min(self.n, self.keep)  # what is still visible
-            cap = 2 * self.keep + T
-            bk = torch.empty((B, H, cap, hd), dtype=dtype, device=device)
-            bv = torch.empty((B, H, cap, hd), dtype=dtype, device=device)
-            if m:
-                bk[:, :, :m] = self.k[:, :, self.n - m : self.n]
-                bv[:, :, :m] = self.v[:, :, self.n - m : self.n]
-            self.k, self.v, self.n = bk, bv, m
-        return self.k, self.v, self.n
-
-    def commit(self, T):
-        self.n += T
-        return max(0, self.n - T - self.keep), self.n
+        return self.reserve_with(
+            T, lambda cap: torch.empty((B, H, cap, hd), dtype=dtype, device=device)
+        )
 
 
 @dataclass

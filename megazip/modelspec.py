@@ -23,6 +23,36 @@ MASKED = -(1 << 40)
 PAD_BYTE = 256  # index of the learned "previous byte" embedding at the start of each patch
 
 
+class SlidingKVCache:
+    """Keys/values (B, H, S, hd) of one attention layer in buffers with room to spare,
+    for any array library. reserve_with(T, alloc) returns the buffers and the position n
+    where the next T entries go (`alloc(capacity)` makes one new buffer (B, H, capacity,
+    hd), called only when the buffers are full: the last `keep` positions are then
+    compacted to the front, so a step costs no full copy); commit(T) then returns the
+    range [lo, hi) of positions that holds the last `keep` earlier positions followed by
+    the new ones."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.k = self.v = None  # buffers (B, H, capacity, hd)
+        self.n = 0  # filled positions
+
+    def reserve_with(self, T: int, alloc):
+        if self.k is None or self.n + T > self.k.shape[2]:
+            m = min(self.n, self.keep)  # what is still visible
+            cap = 2 * self.keep + T
+            bk, bv = alloc(cap), alloc(cap)
+            if m:
+                bk[:, :, :m] = self.k[:, :, self.n - m : self.n]
+                bv[:, :, :m] = self.v[:, :, self.n - m : self.n]
+            self.k, self.v, self.n = bk, bv, m
+        return self.k, self.v, self.n
+
+    def commit(self, T: int):
+        self.n += T
+        return max(0, self.n - T - self.keep), self.n
+
+
 @dataclass
 class MegabyteConfig:
     patch_size: int = 8  # P bytes per patch

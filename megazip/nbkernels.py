@@ -211,32 +211,10 @@ def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_s
 
 @_jit
 def _nb_counts(acc, mult, shift, exp, total, out):
+    """Each row's counts (_counts_row: every count >= 1, the row sums to `total`)."""
     M, N = acc.shape
-    E = exp.shape[0] - 1
-    half = np.int64(1) << (shift - 1)
-    lim = np.int64(1) << 40
-    free = total - N
     for i in range(M):
-        logits = np.empty(N, np.int64)
-        top = -lim
-        best = 0
-        for j in range(N):
-            v = (np.int64(acc[i, j]) * mult[j] + half) >> shift
-            v = min(max(v, -lim), lim)
-            logits[j] = v
-            if v > top:
-                top, best = v, j
-        den = np.int64(0)
-        for j in range(N):
-            logits[j] = exp[min(top - logits[j], E)]
-            den += logits[j]
-        used = np.int64(0)
-        inv = 1.0 / np.float64(den)
-        for j in range(N):
-            c = 1 + _floordiv(logits[j] * free, den, inv)  # quotient <= free
-            out[i, j] = c
-            used += c
-        out[i, best] += total - used
+        _counts_row(acc[i], mult, 0, shift, exp, total, N, out[i])
 
 
 # ------------------------------------------------------------- the fused local step
@@ -367,7 +345,9 @@ def _residual_norm_row(x, acc, mult, moff, shift, limit, c, eps, ho):
 
 @_jit
 def _counts_row(acc, mult, moff, shift, exp, total, N, out):
-    """One row of _nb_counts."""
+    """The N counts of one row of logits acc (requantized by mult[moff:], then an integer
+    softmax): every count >= 1, their sum exactly `total`, the remainder to the largest
+    logit (the first of equals); quotients are at most total - N."""
     E = exp.shape[0] - 1
     half = np.int64(1) << (shift - 1)
     lim = np.int64(1) << 40
@@ -388,7 +368,7 @@ def _counts_row(acc, mult, moff, shift, exp, total, N, out):
     used = np.int64(0)
     inv = 1.0 / np.float64(den)
     for j in range(N):
-        cnt = 1 + _floordiv(logits[j] * free, den, inv)
+        cnt = 1 + _floordiv(logits[j] * free, den, inv)  # quotient <= free
         out[j] = cnt
         used += cnt
     out[best] += total - used

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import nbkernels as nbk
-from .modelspec import COUNT_TOTAL, GEMM_BLOCK, PAD_BYTE, RESIDUAL_LIMIT, MegabyteConfig
+from .modelspec import (
+    COUNT_TOTAL,
+    GEMM_BLOCK,
+    PAD_BYTE,
+    RESIDUAL_LIMIT,
+    MegabyteConfig,
+    SlidingKVCache,
+)
 
 FUSED_MAX_LANES = 2 if nbk.VNNI else 64  # local_step: one fused call up to this many lanes
 # (then layer by layer: with VNNI its int8 GEMMs win from 4 lanes on, without from ~64)
@@ -111,29 +118,11 @@ class Block:
     window: int  # 0: no limit
 
 
-class KVCache:
-    """IntKVCache of megazip/intmodel.py on numpy int8 buffers (B, H, capacity, hd)."""
-
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.k = self.v = None
-        self.n = 0
+class KVCache(SlidingKVCache):
+    """modelspec.SlidingKVCache on numpy int8 buffers (B, H, capacity, hd)."""
 
     def reserve(self, B, H, T, hd):
-        if self.k is None or self.n + T > self.k.shape[2]:
-            m = min(self.n, self.keep)
-            cap = 2 * self.keep + T
-            bk = np.empty((B, H, cap, hd), np.int8)
-            bv = np.empty((B, H, cap, hd), np.int8)
-            if m:
-                bk[:, :, :m] = self.k[:, :, self.n - m : self.n]
-                bv[:, :, :m] = self.v[:, :, self.n - m : self.n]
-            self.k, self.v, self.n = bk, bv, m
-        return self.k, self.v, self.n
-
-    def commit(self, T):
-        self.n += T
-        return max(0, self.n - T - self.keep), self.n
+        return self.reserve_with(T, lambda cap: np.empty((B, H, cap, hd), np.int8))
 
 
 @dataclass
