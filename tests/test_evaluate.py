@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from conftest import megazip_cmd
 
+from megazip import evaluate
 from megazip.datasets import Document, iter_documents
 from megazip.evaluate import (
     CHUNK_PATCHES,
+    LOCAL_PATCHES,
     NllSum,
     _local_pieces,
     float_bits,
@@ -85,18 +87,21 @@ def test_batched_documents_score_as_one_at_a_time(model):
         assert [got[i] for i in range(len(docs))] == want, batch
 
 
-def test_worker_threads_and_pieces_do_not_change_bits(model):
+@pytest.mark.parametrize("piece", [16, LOCAL_PATCHES])
+def test_worker_threads_and_pieces_do_not_change_bits(model, piece, monkeypatch):
     # several chunks, final chunks of every size class, local passes of many pieces
+    monkeypatch.setattr(evaluate, "LOCAL_PATCHES", piece)
     lengths = [1, 70, 64 * 4 * 3 + 5, CHUNK + 4 * 17, 2 * CHUNK + 4 * 99, 5 * CHUNK + 3, 900]
     docs = [text_bytes(i, n) for i, n in enumerate(lengths)]
     want = [float_bits(model, d) for d in docs]
     for threads, batch in ((0, 1), (1, 4), (2, 16), (3, 2)):
         got = dict(float_scores(model, docs, batch=batch, threads=threads))
         assert [got[i] for i in range(len(docs))] == want, (threads, batch)
+    n = piece
     assert _local_pieces(0) == []
     assert _local_pieces(10) == [(0, 10)]
-    assert _local_pieces(130) == [(0, 64), (64, 130)]
-    assert _local_pieces(192) == [(0, 64), (64, 128), (128, 192)]
+    assert _local_pieces(2 * n + 2) == [(0, n), (n, 2 * n + 2)]
+    assert _local_pieces(3 * n) == [(0, n), (n, 2 * n), (2 * n, 3 * n)]
 
 
 def test_bfloat16_batched_as_one_at_a_time_and_close_to_float32(model):
