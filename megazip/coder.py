@@ -42,6 +42,9 @@ DECODE_THREADS = 1  # torch threads while decode_block runs on the CPU (None: le
 SPLIT_MIN_LANES = 16  # decode_block with lane_threads > 1: model and mix on two threads
 # (_decode_steps_split) from this many lanes; with fewer, the hand-offs between the
 # threads cost more than the halved work saves
+SPLIT_MAIN_SIXTEENTHS = 6  # ... of which the decoding thread takes 6/16 of the lanes (it
+# also range-decodes and updates every lane: 6/16 gave both threads the same CPU time on
+# 32 lanes of text, 8/16 left the decoding thread ~20 % behind)
 
 
 def chunk_patches_for(lanes: int, patch: int = 8) -> int:
@@ -439,17 +442,18 @@ def _range_decode(dec, counts: np.ndarray) -> np.ndarray:
 
 def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
     """_decode_steps on two threads, with the same bytes. The lanes are cut into two
-    halves, each with its own model state. Per step a worker thread runs the model and
-    the adaptive mix (adaptive.mix_into) of the second half while this thread does the
-    first; then this thread range-decodes every lane and runs the adaptive update in
-    lane order, the only part that writes state the lanes share. The numba kernels
-    release the GIL, so both halves run at once."""
+    groups (SPLIT_MAIN_SIXTEENTHS), each with its own model state. Per step a worker
+    thread runs the model and the adaptive mix (adaptive.mix_into) of the second group
+    while this thread does the first; then this thread range-decodes every lane and
+    runs the adaptive update in lane order, the only part that writes state the lanes
+    share. The numba kernels release the GIL, so both groups run at once."""
     import queue
     import threading
 
     P = int_model.config.patch_size
     B, T = out.shape
-    groups = ((0, B // 2), (B // 2, B))
+    h = B * SPLIT_MAIN_SIXTEENTHS // 16  # this thread's lanes: fewer, as it also decodes
+    groups = ((0, h), (h, B))
     states = [int_model.new_state(hi - lo) for lo, hi in groups]
     ctx: list = [None, None]
     final = np.empty((B, 256), np.int64)  # this step's tables, each half writes its rows
