@@ -817,10 +817,10 @@ def _window(hist, b, i, t):
 
 
 @_jit
-def _mix_step(counts, active, out, *st):
-    for b in range(counts.shape[0]):
-        if active[b]:
-            _mix_one(counts[b], b, out[b], *st)
+def _mix_lanes(counts, active, out, lo, *st):
+    for i in range(counts.shape[0]):
+        if active[i]:
+            _mix_one(counts[i], lo + i, out[i], *st)
 
 
 @_jit
@@ -846,8 +846,16 @@ def mix(models: LaneModels, counts: np.ndarray, active: np.ndarray) -> np.ndarra
     """Decoder side: final counts (B, 256) int64 for the next byte of every active lane
     (inactive lanes keep the prior's rows). Call update() with the decoded bytes next."""
     out = counts.copy()
-    _mix_step(counts, active, out, *models.arrays())
+    mix_into(models, counts, active, out)
     return out
+
+
+def mix_into(models: LaneModels, counts: np.ndarray, active: np.ndarray, out, lo: int = 0):
+    """mix() for the lanes lo .. lo + n - 1 only (counts, active, out: their n rows), the
+    final counts written into `out` (inactive rows left as they are). Mixing reads the
+    shared state and writes only its own lanes' rows, so threads may mix disjoint lane
+    ranges at once (the numba kernel releases the GIL); update() stays serial."""
+    _mix_lanes(counts, active, out, np.int64(lo), *models.arrays())
 
 
 def update(models: LaneModels, symbols: np.ndarray, active: np.ndarray) -> None:

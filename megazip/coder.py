@@ -39,6 +39,12 @@ CHUNK_POSITIONS = 2048  # ... but at most about this many positions (lanes x byt
 # many short lanes (the default layout) 64 patches of every lane would hold far more
 # memory than the few long lanes of 16 KiB segments did
 DECODE_THREADS = 1  # torch threads while decode_block runs on the CPU (None: leave as is)
+SPLIT_MIN_LANES = 16  # decode_block with lane_threads > 1: model and mix on two threads
+# (_decode_steps_split) from this many lanes; with fewer, the hand-offs between the
+# threads cost more than the halved work saves
+SPLIT_MAIN_SIXTEENTHS = 6  # ... of which the decoding thread takes 6/16 of the lanes (it
+# also range-decodes and updates every lane: 6/16 gave both threads the same CPU time on
+# 32 lanes of text, 8/16 left the decoding thread ~20 % behind)
 
 
 def chunk_patches_for(lanes: int, patch: int = 8) -> int:
@@ -167,15 +173,18 @@ class BlockTables:
             stack.enter_context(
                 _model_threads(self.int_model, None if n is None else max(1, n - 1))
             )
+            mix_chunk = adaptive_stage.mix_chunk
             if n is not None and n > 1 and models is not None:  # the model a chunk ahead
                 tables = stack.enter_context(_ahead(tables))
+                if len(lengths) >= SPLIT_MIN_LANES:  # and the mix on two threads
+                    mix_chunk = stack.enter_context(_split_mix_chunk())
             for start, prior in tables:
                 C = prior.shape[1]
                 sym = lanes[:, start : start + C]
                 active = lengths[:, None] > np.arange(start, start + C)  # (B, C)
                 final = prior
                 if models is not None:
-                    final = adaptive_stage.mix_chunk(models, prior, sym, active)
+                    final = mix_chunk(models, prior, sym, active)
                 chunk = Chunk(start, sym, active, prior, final)
                 self.prior_bits += chunk.bits(prior)
                 self.final_bits += chunk.bits(final)
@@ -235,6 +244,33 @@ def _ahead(items: Iterator):
                 q.get(timeout=0.05)
                 q.task_done()
         worker.join()
+
+
+@contextlib.contextmanager
+def _split_mix_chunk():
+    """Within: a function with adaptive.mix_chunk's contract and results whose mixing
+    runs on two threads: position by position, a helper thread mixes the second half of
+    the lanes (adaptive.mix_into) while this one mixes the first, then this one runs the
+    update of every lane in lane order, exactly as the decoder does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def mix_chunk(models, counts, symbols, active):
+        B, C = symbols.shape
+        h = B // 2
+        out = np.empty_like(counts)
+        for c in range(C):
+            prior = np.ascontiguousarray(counts[:, c])  # (B, 256), as the decoder's rows
+            act = np.ascontiguousarray(active[:, c])
+            final = prior.copy()
+            job = pool.submit(adaptive_stage.mix_into, models, prior[h:], act[h:], final[h:], h)
+            adaptive_stage.mix_into(models, prior[:h], act[:h], final[:h])
+            job.result()
+            out[:, c] = final
+            adaptive_stage.update(models, symbols[:, c].astype(np.uint8), act)
+        return out
+
+    with ThreadPoolExecutor(1) as pool:
+        yield mix_chunk
 
 
 def code_lengths(
@@ -319,7 +355,9 @@ def decode_block(
     `threads` threads (default 1; None: the caller's setting) while this call runs, and
     the caller's thread count is restored when it returns or raises. With NpMegabyte,
     `lane_threads` > 1 threads compute the model for groups of lanes in parallel
-    (npmodel.LaneGroups). The output depends on neither."""
+    (npmodel.LaneGroups); with the adaptive stage and at least SPLIT_MIN_LANES lanes,
+    two threads run the model and the adaptive mix of half of the lanes each
+    (_decode_steps_split). The output depends on none of this."""
     P = int_model.config.patch_size
     if len(stream) % 4:
         raise CorruptStream("corrupt model stream: length is not a multiple of 4")
@@ -340,7 +378,12 @@ def decode_block(
     models = LaneModels(B, T, record) if adaptive else None
     with contextlib.ExitStack() as stack:
         stack.enter_context(_model_threads(int_model, threads))
-        if lane_threads > 1 and getattr(int_model, "numpy_api", False):
+        numpy_api = getattr(int_model, "numpy_api", False)
+        if lane_threads > 1 and numpy_api and models is not None and B >= SPLIT_MIN_LANES:
+            lens = np.asarray(lengths, np.int64)
+            _decode_steps_split(int_model, dec, out, lens, models, progress)
+            return [out[i, :n].tobytes() for i, n in enumerate(lengths)]
+        if lane_threads > 1 and numpy_api:
             from .npmodel import LaneGroups
 
             int_model = stack.enter_context(LaneGroups(int_model, B, lane_threads))
@@ -386,3 +429,85 @@ def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
                 adaptive_stage.update(models, column, act)
             if progress:
                 progress(n)
+
+
+def _range_decode(dec, counts: np.ndarray) -> np.ndarray:
+    """One symbol per row of counts (m, 256) from `dec`, as uint8; CorruptStream if
+    constriction finds data that no encoder writes with these tables."""
+    try:
+        return dec.decode(FAMILY, counts.astype(np.float64)).astype(np.uint8)
+    except (AssertionError, ValueError, RuntimeError, OverflowError):
+        raise CorruptStream("corrupt model stream") from None
+
+
+def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
+    """_decode_steps on two threads, with the same bytes. The lanes are cut into two
+    groups (SPLIT_MAIN_SIXTEENTHS), each with its own model state. Per step a worker
+    thread runs the model and the adaptive mix (adaptive.mix_into) of the second group
+    while this thread does the first; then this thread range-decodes every lane and
+    runs the adaptive update in lane order, the only part that writes state the lanes
+    share. The numba kernels release the GIL, so both groups run at once."""
+    import queue
+    import threading
+
+    P = int_model.config.patch_size
+    B, T = out.shape
+    h = B * SPLIT_MAIN_SIXTEENTHS // 16  # this thread's lanes: fewer, as it also decodes
+    groups = ((0, h), (h, B))
+    states = [int_model.new_state(hi - lo) for lo, hi in groups]
+    ctx: list = [None, None]
+    final = np.empty((B, 256), np.int64)  # this step's tables, each half writes its rows
+
+    def half(g: int, k: int, j: int, prev_byte: np.ndarray, act: np.ndarray) -> None:
+        lo, hi = groups[g]
+        if j == 0:  # a patch starts: the global model's context for it
+            prev = out[lo:hi, (k - 1) * P : k * P] if k else out[lo:hi, :P]
+            ctx[g] = int_model.global_context(states[g], prev.reshape(hi - lo, 1, P))[:, 0]
+            int_model.begin_patch(states[g])
+        counts = int_model.local_step(states[g], prev_byte[lo:hi], ctx[g][:, j])
+        final[lo:hi] = counts
+        adaptive_stage.mix_into(models, counts, act[lo:hi], final[lo:hi], lo)
+
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue = queue.SimpleQueue()
+
+    def work() -> None:
+        while (task := todo.get()) is not None:
+            try:
+                half(1, *task)
+                done.put(None)
+            except BaseException as e:  # noqa: BLE001 - handed to the decoding thread
+                done.put(e)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        prev_byte = np.full((B,), PAD_BYTE, dtype=np.int64)
+        for t in range(T):
+            k, j = divmod(t, P)
+            if j == 0:
+                prev_byte = np.full((B,), PAD_BYTE, dtype=np.int64)
+            act = lens > t
+            n = int(np.count_nonzero(act))
+            if n == 0:  # every lane is done
+                return
+            todo.put((k, j, prev_byte, act))
+            try:
+                half(0, k, j, prev_byte, act)
+            finally:
+                err = done.get()  # the worker's half is done (or failed)
+            if err is not None:
+                raise err
+            sym = _range_decode(dec, final if n == B else final[act])
+            if n == B:
+                out[:, t] = sym
+            else:
+                out[act, t] = sym
+            column = np.ascontiguousarray(out[:, t])
+            prev_byte = column.astype(np.int64)
+            adaptive_stage.update(models, column, act)
+            if progress:
+                progress(n)
+    finally:
+        todo.put(None)
+        worker.join()

@@ -185,6 +185,18 @@ def test_lane_groups_on_threads_decode_the_same():
         assert np.array_equal(ctx, m.global_context(ref_state, lanes[:, :P].reshape(n, 1, P)))
 
 
+def test_split_decoder_decodes_the_same():
+    """decode_block from coder.SPLIT_MIN_LANES lanes with lane_threads=2: model and mix on
+    two threads (coder._decode_steps_split), lanes of unequal lengths ending mid-patch."""
+    _, int_model = trained_pair()
+    m = NpMegabyte.from_int_model(int_model)
+    n = coder.SPLIT_MIN_LANES + 1
+    segments = [word_text(200 + s, 30 + 5 * s) for s in range(n)]
+    stream, _ = coder.encode_block(m, segments)
+    lengths = [len(s) for s in segments]
+    assert coder.decode_block(m, stream, lengths, lane_threads=2) == segments
+
+
 def test_cpu_model_can_be_the_torch_one(monkeypatch):
     """MEGAZIP_CPU_MODEL=torch: the CPU path loads the torch IntMegabyte instead."""
     from megazip.intmodel import IntMegabyte

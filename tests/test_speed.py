@@ -129,3 +129,21 @@ def test_many_lanes_code_in_smaller_chunks_with_the_same_stream(trained):
     fixed, fixed_bits = coder.encode_block(trained, lanes, chunk_patches=coder.CHUNK_PATCHES)
     assert auto == fixed
     assert coder.decode_block(trained, auto, [len(x) for x in lanes]) == lanes
+
+
+def test_two_thread_mixing_gives_the_same_bytes(trained, monkeypatch):
+    """From coder.SPLIT_MIN_LANES lanes, -T 2 in this process mixes on two threads, in the
+    encoder (coder._split_mix_chunk) and the decoder (coder._decode_steps_split): the
+    bytes of one thread, decoded back."""
+    from megazip import coder
+    from megazip.npmodel import NpMegabyte
+
+    monkeypatch.setattr(container, "PARALLEL_MIN_BYTES", 1 << 40)  # no worker processes
+    model = NpMegabyte.from_int_model(trained)
+    data = word_text(7, 5000)
+    layout = {"segment_size": 256, "lanes": coder.SPLIT_MIN_LANES + 4}
+    one = container.compress(data, model, threads=1, **layout)
+    frame = container.scan(one).frames[0]
+    assert sum(s.method == container.MODEL for s in frame.segments) >= coder.SPLIT_MIN_LANES
+    assert container.compress(data, model, threads=2, **layout) == one
+    assert container.decompress(one, model, threads=2) == data
