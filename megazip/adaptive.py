@@ -15,10 +15,10 @@ input of the mixers (a counter is a 16-bit probability with a hit count, learnin
   contexts, each a counter per (context, node) in buckets of 16 per (context, high
   nibble) with a check word; a lane without a record length adds the word bigram (the
   previous word with the current one), a lane with one order 0 and the byte above with
-  its right neighbour; each hashed counter with fewer than 61 hits reaches the mixers
-  through a counter map of its kind (an APM over the counter's probability, one per
-  bucket of its hit count, learning what such counters turn out to be worth), as the
-  mean of the counter's and the map's stretch;
+  its right neighbour; each hashed counter (of the orders and the word context: with
+  fewer than 61 hits) reaches the mixers through a counter map of its kind (an APM over
+  the counter's probability, one per bucket of its hit count, learning what such
+  counters turn out to be worth), as the mean of the counter's and the map's stretch;
 - a match model: the byte that followed the last occurrence of the last MIN_MATCH bytes
   (in any lane of the block), predicted with a learned confidence per match length;
 - with a record length r (fixed-width records, image rows): bit-level 2-D contexts for
@@ -129,7 +129,7 @@ LAZY_MASS = 4096  # nodes with less of the 2^24 mass take the prior's probabilit
 SM_BUCKETS = 12
 SM_LIMIT = 255  # a map knot's rate: 1 / (n + 1.5), n from SM_INIT capped here
 SM_INIT = 8
-SM_MAXCB = 10  # counters in this bucket and above (61+ hits) feed the mixer directly
+SM_MAXCB = 10  # order-2..6 and word counters from this bucket on (61+ hits) bypass the map
 
 _jit = nb.njit(cache=True, nogil=True)
 
@@ -417,11 +417,12 @@ def _smap(smap, k, v):
 @_jit
 def _inp(smap, smi, off, b, n, k, v):
     """The mixer input of hashed counter value v of kind k at node n: 0 for an empty
-    counter, the counter's stretch from SM_MAXCB hits on, else through the counter map
-    (noting the knot to train in smi)."""
+    counter; for the orders and the word context, the counter's stretch once it is in
+    hit-count bucket SM_MAXCB; else through the counter map (noting the knot to train in
+    smi)."""
     if (v & 0xFFFF) == 0:
         return 0
-    if off & OFF_SMAP or SM_CB[v & 0xFFFF] >= SM_MAXCB:
+    if off & OFF_SMAP or (k <= H_WORD and SM_CB[v & 0xFFFF] >= SM_MAXCB):
         return STRETCH[v >> 16]
     s, r = _smap(smap, k, v)
     smi[b, n, k] = r
