@@ -5,7 +5,7 @@
 True
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def compress(data: bytes, model=None, **options) -> bytes:

@@ -1,4 +1,4 @@
-"""The adaptive stage (version 4): context mixing on top of the model, shared by a block.
+"""The adaptive stage (version 5): context mixing on top of the model, shared by a block.
 
 A prior cannot know a file's own statistics. This stage learns them online, in integer
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
@@ -15,7 +15,10 @@ input of the mixers (a counter is a 16-bit probability with a hit count, learnin
   contexts, each a counter per (context, node) in buckets of 16 per (context, high
   nibble) with a check word; a lane without a record length adds the word bigram (the
   previous word with the current one), a lane with one order 0 and the byte above with
-  its right neighbour;
+  its right neighbour; each hashed counter (of the orders and the word context: with
+  fewer than 61 hits) reaches the mixers through a counter map of its kind (an APM over
+  the counter's probability, one per bucket of its hit count, learning what such
+  counters turn out to be worth), as the mean of the counter's and the map's stretch;
 - a match model: the byte that followed the last occurrence of the last MIN_MATCH bytes
   (in any lane of the block), predicted with a learned confidence per match length;
 - with a record length r (fixed-width records, image rows): bit-level 2-D contexts for
@@ -61,7 +64,7 @@ import numpy as np
 
 from .modelspec import COUNT_TOTAL
 
-ADAPTIVE_VERSION = 4
+ADAPTIVE_VERSION = 5
 
 # ---- fixed-point conventions -------------------------------------------------------
 # probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
@@ -118,8 +121,15 @@ MAX_RECORD = 2048  # longest record length the encoder looks for
 RECORD_LIMIT = 65535  # longest record length a stream may signal
 RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
 # params[1] bits (ablation only): models switched off
-OFF_BITMAP, OFF_COLPRED, OFF_MIXER2, OFF_APM2, OFF_BIGRAM = 1, 2, 4, 8, 16
+OFF_BITMAP, OFF_COLPRED, OFF_MIXER2, OFF_APM2, OFF_BIGRAM, OFF_SMAP = 1, 2, 4, 8, 16, 32
 LAZY_MASS = 4096  # nodes with less of the 2^24 mass take the prior's probability
+# counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
+# bucketed, and its probability) to the probability such counters have shown; the mixer
+# sees the mean of the counter's and the map's stretch
+SM_BUCKETS = 12
+SM_LIMIT = 255  # a map knot's rate: 1 / (n + 1.5), n from SM_INIT capped here
+SM_INIT = 8
+SM_MAXCB = 10  # order-2..6 and word counters from this bucket on (61+ hits) bypass the map
 
 _jit = nb.njit(cache=True, nogil=True)
 
@@ -165,6 +175,13 @@ LR_DECAY = np.array(
 RATE = np.array(
     [int(65536 * 2 // (2 * n + 3)) for n in range(max(COUNTER_LIMIT, APM_LIMIT) + 1)], np.int64
 )
+
+# hit count -> counter-map bucket: 1, 2, 3, 4, 5-6, 7-9, 10-14, 15-22, 23-35, 36-60,
+# 61-120, 121+ (0: an empty counter, not mapped)
+SM_CB = np.zeros(COUNTER_LIMIT + 1, np.int64)
+for _i, _lo in enumerate((1, 2, 3, 4, 5, 7, 10, 15, 23, 36, 61, 121)):
+    SM_CB[_lo:] = _i
+
 
 # classes of the last byte for the second mixer: letters, white space, digits and ASCII
 # punctuation, others
@@ -225,6 +242,7 @@ class LaneModels:
         self.pmix = np.zeros((lanes, 256), np.int32)  # mixer output per node (16 bits)
         self.wsel = np.zeros((lanes, 2, 256), np.int32)  # the node's weight sets (mix time)
         self.psub = np.zeros((lanes, 2, 256), np.int32)  # the two mixers' outputs
+        self.smi = np.full((lanes, 256, N_HASHED), -1, np.int16)  # counter-map knots (mix)
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
         self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
         bmb = min(BITMAP_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 3))
@@ -233,6 +251,8 @@ class LaneModels:
         self.match = np.full(1 << mbits, -1, np.int64)  # lane * capacity + position
         self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
         self.mconf[:, 0] = 49152
+        sm = SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20
+        self.smap = np.tile(sm + SM_INIT, N_HASHED * SM_BUCKETS)
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
@@ -266,12 +286,14 @@ class LaneModels:
             self.pmix,
             self.wsel,
             self.psub,
+            self.smi,
             self.o1,
             self.ctab,
             self.bitmap,
             self.colpred,
             self.match,
             self.mconf,
+            self.smap,
             self.weights,
             self.weights2,
             self.final,
@@ -380,6 +402,34 @@ def _apm4_row(c2, n):
 
 
 @_jit
+def _smap(smap, k, v):
+    """The counter map of context kind k: (the mixer input, the mean of the counter's and
+    the map's stretch; the knot to train, the nearer one) of counter value v
+    (probability << 16 | hit count, count > 0)."""
+    sv = STRETCH[v >> 16] + 3072
+    kn = min(sv >> APM_SHIFT, APM_KNOTS - 2)
+    f = sv - (kn << APM_SHIFT)
+    r = (k * SM_BUCKETS + SM_CB[v & 0xFFFF]) * APM_KNOTS + kn
+    q = ((smap[r] >> 16) * (APM_STEP - f) + (smap[r + 1] >> 16) * f) >> (APM_SHIFT + 4)
+    return (STRETCH[v >> 16] + _st(q)) >> 1, r + (1 if 2 * f >= APM_STEP else 0)
+
+
+@_jit
+def _inp(smap, smi, off, b, n, k, v):
+    """The mixer input of hashed counter value v of kind k at node n: 0 for an empty
+    counter; for the orders and the word context, the counter's stretch once it is in
+    hit-count bucket SM_MAXCB; else through the counter map (noting the knot to train in
+    smi)."""
+    if (v & 0xFFFF) == 0:
+        return 0
+    if off & OFF_SMAP or (k <= H_WORD and SM_CB[v & 0xFFFF] >= SM_MAXCB):
+        return STRETCH[v >> 16]
+    s, r = _smap(smap, k, v)
+    smi[b, n, k] = r
+    return s
+
+
+@_jit
 def _mix_one(
     counts,
     b,
@@ -392,12 +442,14 @@ def _mix_one(
     pmix,
     wsel,
     psub,
+    smi,
     o1,
     ctab,
     bm,
     cpt,
     match,
     mconf,
+    smap,
     w,
     w2,
     wf,
@@ -476,11 +528,10 @@ def _mix_one(
                 x[n, IN_O1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
                 for k in range(nk):
                     base = bases[k]
+                    x[n, IN_H0 + k] = 0
+                    smi[b, n, k] = -1
                     if base >= 0:
-                        v = np.int64(ctab[k, base + j])
-                        x[n, IN_H0 + k] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                    else:
-                        x[n, IN_H0 + k] = 0
+                        x[n, IN_H0 + k] = _inp(smap, smi, off, b, n, k, np.int64(ctab[k, base + j]))
                 if rec and off & OFF_BITMAP:
                     x[n, IN_BM] = x[n, IN_BM + 1] = x[n, IN_BM + 2] = 0
                 elif rec:
@@ -574,6 +625,14 @@ def _learn(v, y, limit):
 
 
 @_jit
+def _learn_sm(v, y):
+    p = v >> 16
+    n = v & 0xFFFF
+    p += (((y << 20) - p) * RATE[n]) >> 16
+    return (p << 16) | min(n + 1, SM_LIMIT)
+
+
+@_jit
 def _learn_apm(v, y):
     p = v >> 16
     n = v & 0xFFFF
@@ -593,12 +652,14 @@ def _update_one(
     pmix,
     wsel,
     psub,
+    smi,
     o1,
     ctab,
     bm,
     cpt,
     match,
     mconf,
+    smap,
     w,
     w2,
     wf,
@@ -671,6 +732,10 @@ def _update_one(
         pm = np.int64(pmix[b, n])
         if pm == 0:  # not mixed (below LAZY_MASS): no mixer or APM to train
             continue
+        for k in range(nk):  # the counter maps' knots used at mix time
+            r = np.int64(smi[b, n, k])
+            if r >= 0:
+                smap[r] = _learn_sm(smap[r], y)
         # the two mixers, each toward the bit from its own output, then the final one
         two = (params[1] & OFF_MIXER2) == 0
         for m in range(2 if two else 1):

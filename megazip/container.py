@@ -60,11 +60,11 @@ MAX_RATIO = 256  # a block's lanes hold at most this many bytes per byte of its 
 MAX_NAME = 255
 # What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
 # adaptive stage's state per lane and its shared tables (at their caps).
-STATE_PER_LANE = 30_000
+STATE_PER_LANE = 35_000
 STATE_SHARED = 250_000_000
 # Adaptive-stage versions of format-2 files that this release no longer decodes, and the
 # megazip release that does.
-OLD_STAGES = {3: "0.2.0"}
+OLD_STAGES = {3: "0.2.0", 4: "0.3.0"}
 
 # Writer defaults.
 FRAME_SIZE = 8 << 20  # bytes of input per frame (see FORMAT.md, "Frames": costs ~nothing)
