@@ -96,7 +96,7 @@ def speed(model, folder: Path, device: str, dtype: str, batch: int, threads: int
     score_documents(enumerate(docs[:2]), model, **kw)  # warm-up
     load = os.getloadavg()[0]
     t, cpu = time.perf_counter(), cpu_seconds()
-    results = score_documents(enumerate(docs), model, bucket=16 if cuda else 1, **kw)
+    results = score_documents(enumerate(docs), model, bucket=16 if cuda else None, **kw)
     if cuda:
         torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - t, cpu_seconds() - cpu

@@ -373,7 +373,7 @@ def eval_cmd(
                 batch=batch or (256 if cuda else 16),
                 lanes=lanes,
                 dtype=None if dtype == "float32" else dtype,
-                bucket=16 if cuda else 1,  # pad final chunks on CUDA (float is inexact there)
+                bucket=16 if cuda else None,  # pad final chunks on CUDA (float is inexact there)
                 on_bytes=update,
                 threads=0 if cuda else (threads or max(1, default_threads(dev) // world.size)),
             )

@@ -17,7 +17,8 @@ tensors have the same shape (same chunk length and cache length; documents are n
 padded to each other), so on the CPU a document's bits do not depend on its batch-mates
 or the batch size: batched and one-at-a-time results are identical (tested). On CUDA,
 float GEMMs depend on the batch shape and final chunks may be padded (`bucket`) to batch
-better, so there results agree with the CPU's only to float rounding. `lanes` > 1 splits
+better, so there results agree with the CPU's only to float rounding (bfloat16 on the CPU pads
+final chunks too, CPU_BF16_BUCKET, with the bits unchanged). `lanes` > 1 splits
 each document into that many segments scored as independent streams: each restarts
 without context, which changes (raises) the result; reports say so.
 
@@ -146,11 +147,13 @@ class _Lane:
     last: torch.Tensor | None = None  # the last patch of the previous chunk (P,)
     caches: list | None = None  # per global layer (k, v), each (1, H, S, hd)
 
-    def signature(self, bucket: int) -> tuple:
+    def signature(self, bucket: int, pad_short: bool = True) -> tuple:
         """Lanes with equal signatures run as one batch: (first chunk, cache length, chunk
-        patches, and the lane itself for a short chunk that must run alone)."""
+        patches, and the lane itself for a short chunk that must run alone). A final chunk
+        is padded to a multiple of `bucket` patches, one of fewer than MIN_BATCH_PATCHES
+        only if pad_short."""
         n = min(CHUNK_PATCHES, self.patches - self.done)
-        if n < CHUNK_PATCHES and bucket > 1:  # a final chunk: may be padded to batch better
+        if n < CHUNK_PATCHES and bucket > 1 and (pad_short or n >= MIN_BATCH_PATCHES):
             n = min(-(-n // bucket) * bucket, CHUNK_PATCHES)
         alone = self.key if n < MIN_BATCH_PATCHES else None
         return self.done == 0, 0 if self.caches is None else self.caches[0][0].shape[2], n, alone
@@ -357,30 +360,53 @@ def _cpu_bf16(device, dtype) -> bool:
     return torch.device(device).type == "cpu" and dtype in (torch.bfloat16, "bfloat16")
 
 
+QUERY_BLOCK = 64  # global attention: query rows per block (see _MatmulAttention)
+_ALIGN = 16  # float32 lanes of the widest CPU vector (AVX-512); key bands start on them
+
+
 class _MatmulAttention(CausalSelfAttention):
     """The same attention computed with two batched matmuls and a float32 softmax: on the
     CPU in bfloat16, scaled_dot_product_attention took 3-4x longer than this for the local
     model's 8 x 8 problems and the global model's chunks (measured here), and was most of
     the time once the linear layers ran in bfloat16. Used only for --dtype bfloat16 on the
-    CPU (float32 keeps the model's own attention, so its numbers do not change)."""
+    CPU (float32 keeps the model's own attention, so its numbers do not change).
+
+    With a window (the global model), queries run in blocks of QUERY_BLOCK rows against
+    only the keys the block can see (a chunk of 256 patches after a cache of 127 sees 383
+    keys, a block of 64 rows 191 of them), the band starting on a multiple of _ALIGN keys:
+    smaller tensors (they stay in the cache) and less work. The keys left out have
+    probability exactly 0, and the softmax's vectorised sums and the bfloat16 GEMMs add
+    the others in the same lanes and order, so the numbers are those of whole rows, bit
+    for bit (tested against the unbanded computation)."""
 
     def forward(self, x, cache=None):
         B, T, C = x.shape
-        H = self.n_heads
+        H, hd = self.n_heads, C // self.n_heads
         q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, H, hd).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            k, v = cache.extend(k, v)
+            k, v = cache.extend(k, v)  # (B, H, S, hd)
         S = k.shape[2]
-        key = (T, S)
-        bias = self.biases.get(key)
+        bias = self.biases.get((T, S))
         if bias is None:
             if len(self.biases) > 32:
                 self.biases.clear()
-            bias = self.biases[key] = attention_bias(self.slopes, T, S, self.window)
-        scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_((C // H) ** -0.5).add_(bias)
-        y = torch.matmul(scores.softmax(-1).to(v.dtype), v)  # (B, H, T, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+            bias = self.biases[(T, S)] = attention_bias(self.slopes, T, S, self.window)
+        y = x.new_empty(B, T, H, hd)
+        step = QUERY_BLOCK if self.window is not None else T
+        for a in range(0, T, step):
+            b = min(a + step, T)
+            lo, hi = 0, S  # keys visible to queries a..b-1 (positions S - T + a ...)
+            if self.window is not None:
+                lo = max(0, S - T + a - self.window + 1) // _ALIGN * _ALIGN
+                hi = S - T + b
+                if hi - lo < _ALIGN:  # a short row reduces in another order: keep it whole
+                    lo, hi = 0, S
+            s = torch.matmul(q[:, :, a:b], k[:, :, lo:hi].transpose(-1, -2)).float()
+            s.mul_(hd**-0.5).add_(bias[:, a:b, lo:hi])  # (B, H, b - a, hi - lo)
+            p = s.softmax(-1).to(v.dtype)
+            y[:, a:b] = torch.matmul(p, v[:, :, lo:hi]).transpose(1, 2)
+        return self.proj(y.view(B, T, C))
 
 
 class _FusedRMSNorm(RMSNorm):
@@ -422,6 +448,13 @@ def default_threads(device) -> int:
 
 
 PENDING_STEPS = 4  # chunks whose local pass may wait for the workers (bounds memory)
+# bfloat16 on the CPU pads final chunks of MIN_BATCH_PATCHES or more to a multiple of this:
+# each GEMM shape is a oneDNN primitive, made (~1 ms) on first use and kept in a cache of
+# 1,024; final chunks of every length 1-255, and their local pieces, made thousands of
+# shapes, so primitives were made again and again (~15 % of the CPU time, 200 documents).
+# Padding patches come after the real ones (causal: unseen) and rows do not depend on the
+# row count from MIN_BATCH_PATCHES up, so the bits are those without padding (tested).
+CPU_BF16_BUCKET = 16
 
 
 def float_scores(
@@ -431,7 +464,7 @@ def float_scores(
     batch: int = 16,
     lanes: int = 1,
     dtype=None,
-    bucket: int = 1,
+    bucket: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
     threads: int | None = None,
 ) -> Iterator[tuple[int, float]]:
@@ -439,7 +472,9 @@ def float_scores(
     (number of the document in `docs`, bits) as documents finish, not in order. `docs`
     holds Documents (megazip.datasets) or bytes. Up to `batch` segments are in flight as
     lanes; each document is one segment unless `lanes` > 1. With dtype=None (float32) and
-    bucket=1 the bits are exactly float_bits' (float_bits of each segment, summed).
+    bucket=1 (its default) the bits are exactly float_bits' (float_bits of each segment,
+    summed). `bucket` pads final chunks to a multiple of that many patches (None:
+    CPU_BF16_BUCKET for bfloat16 on the CPU, where it leaves the bits as they are, else 1).
     `threads` worker threads (default: default_threads) run the model, each with one torch
     thread; 0 runs everything in the caller with its torch settings. The bits do not
     depend on it."""
@@ -449,6 +484,9 @@ def float_scores(
     if _cpu_bf16(device, dtype):
         model = bf16_model(model)
     autocast = _autocast(device, dtype)
+    cpu = torch.device(device).type == "cpu"
+    if bucket is None:
+        bucket = CPU_BF16_BUCKET if _cpu_bf16(device, dtype) else 1
     P = model.config.patch_size
     pending: dict[int, list] = {}  # document number -> bits of its segments (None: running)
     flight: list[_Lane] = []
@@ -507,7 +545,7 @@ def float_scores(
                 break
             groups: dict[tuple, list[_Lane]] = {}
             for lane in flight:
-                groups.setdefault(lane.signature(bucket), []).append(lane)
+                groups.setdefault(lane.signature(bucket, not cpu), []).append(lane)
             (first, _, n, _), group = max(groups.items(), key=lambda kv: len(kv[1]))
             steps.append(_global_step(model, group, n, first, device, autocast, pool))
             flight = [lane for lane in flight if lane.done < lane.patches]
@@ -608,7 +646,7 @@ def score_documents(
     batch: int = 16,
     lanes: int = 1,
     dtype=None,
-    bucket: int = 1,
+    bucket: int | None = None,
     on_bytes: Callable[[int], None] | None = None,
     threads: int | None = None,
 ) -> list[DocResult]:

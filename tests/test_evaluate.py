@@ -117,6 +117,21 @@ def test_bfloat16_batched_as_one_at_a_time_and_close_to_float32(model):
     assert abs(sum(one.values()) / sum(f32.values()) - 1) < 1e-3
 
 
+def test_bfloat16_padding_and_key_bands_do_not_change_bits(model, monkeypatch):
+    """bfloat16 on the CPU pads final chunks (CPU_BF16_BUCKET) and runs the global
+    attention in query blocks against bands of keys: the bits are those without either."""
+    from megazip import evaluate
+
+    P = CFG.patch_size
+    lengths = [3, 5 * P, 17 * P + 1, 40 * P, CHUNK + 16 * P, CHUNK + 23 * P + 2, 2 * CHUNK - P]
+    lengths += [3 * CHUNK + 130 * P + 3, 999]
+    docs = [text_bytes(i, n) for i, n in enumerate(lengths)]
+    padded = dict(float_scores(model, docs, batch=4, dtype="bfloat16"))
+    assert dict(float_scores(model, docs, batch=4, dtype="bfloat16", bucket=1)) == padded
+    monkeypatch.setattr(evaluate, "QUERY_BLOCK", 1 << 30)  # one block, all keys
+    assert dict(float_scores(model, docs, batch=1, dtype="bfloat16", bucket=1)) == padded
+
+
 def test_lanes_split_documents_into_independent_streams(model):
     docs = [text_bytes(1, 3 * CHUNK + 5), text_bytes(2, 9), b""]
     for lanes in (2, 3):
