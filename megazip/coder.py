@@ -173,18 +173,15 @@ class BlockTables:
             stack.enter_context(
                 _model_threads(self.int_model, None if n is None else max(1, n - 1))
             )
-            mix_chunk = adaptive_stage.mix_chunk
             if n is not None and n > 1 and models is not None:  # the model a chunk ahead
                 tables = stack.enter_context(_ahead(tables))
-                if len(lengths) >= SPLIT_MIN_LANES:  # and the mix on two threads
-                    mix_chunk = stack.enter_context(_split_mix_chunk())
             for start, prior in tables:
                 C = prior.shape[1]
                 sym = lanes[:, start : start + C]
                 active = lengths[:, None] > np.arange(start, start + C)  # (B, C)
                 final = prior
                 if models is not None:
-                    final = mix_chunk(models, prior, sym, active)
+                    final = adaptive_stage.mix_chunk(models, prior, sym, active)
                 chunk = Chunk(start, sym, active, prior, final)
                 self.prior_bits += chunk.bits(prior)
                 self.final_bits += chunk.bits(final)
@@ -244,33 +241,6 @@ def _ahead(items: Iterator):
                 q.get(timeout=0.05)
                 q.task_done()
         worker.join()
-
-
-@contextlib.contextmanager
-def _split_mix_chunk():
-    """Within: a function with adaptive.mix_chunk's contract and results whose mixing
-    runs on two threads: position by position, a helper thread mixes the second half of
-    the lanes (adaptive.mix_into) while this one mixes the first, then this one runs the
-    update of every lane in lane order, exactly as the decoder does."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def mix_chunk(models, counts, symbols, active):
-        B, C = symbols.shape
-        h = B // 2
-        out = np.empty_like(counts)
-        for c in range(C):
-            prior = np.ascontiguousarray(counts[:, c])  # (B, 256), as the decoder's rows
-            act = np.ascontiguousarray(active[:, c])
-            final = prior.copy()
-            job = pool.submit(adaptive_stage.mix_into, models, prior[h:], act[h:], final[h:], h)
-            adaptive_stage.mix_into(models, prior[:h], act[:h], final[:h])
-            job.result()
-            out[:, c] = final
-            adaptive_stage.update(models, symbols[:, c].astype(np.uint8), act)
-        return out
-
-    with ThreadPoolExecutor(1) as pool:
-        yield mix_chunk
 
 
 def code_lengths(

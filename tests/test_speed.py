@@ -132,9 +132,9 @@ def test_many_lanes_code_in_smaller_chunks_with_the_same_stream(trained):
 
 
 def test_two_thread_mixing_gives_the_same_bytes(trained, monkeypatch):
-    """From coder.SPLIT_MIN_LANES lanes, -T 2 in this process mixes on two threads, in the
-    encoder (coder._split_mix_chunk) and the decoder (coder._decode_steps_split): the
-    bytes of one thread, decoded back."""
+    """From coder.SPLIT_MIN_LANES lanes, -T 2 in this process decodes on two threads
+    (coder._decode_steps_split), and the encoder runs its model a chunk ahead: the bytes
+    of one thread, decoded back."""
     from megazip import coder
     from megazip.npmodel import NpMegabyte
 
