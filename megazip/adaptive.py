@@ -625,19 +625,23 @@ def _learn(v, y, limit):
 
 
 @_jit
-def _learn_sm(v, y):
+def _learn_knot(v, y, limit):
+    """An APM or counter-map knot v ((probability, 20 bits) << 16 | count) after bit y; the
+    count, which sets the rate, stops at `limit`."""
     p = v >> 16
     n = v & 0xFFFF
     p += (((y << 20) - p) * RATE[n]) >> 16
-    return (p << 16) | min(n + 1, SM_LIMIT)
+    return (p << 16) | min(n + 1, limit)
+
+
+@_jit
+def _learn_sm(v, y):
+    return _learn_knot(v, y, SM_LIMIT)
 
 
 @_jit
 def _learn_apm(v, y):
-    p = v >> 16
-    n = v & 0xFFFF
-    p += (((y << 20) - p) * RATE[n]) >> 16
-    return (p << 16) | min(n + 1, APM_LIMIT)
+    return _learn_knot(v, y, APM_LIMIT)
 
 
 @_jit

@@ -383,22 +383,8 @@ def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
             counts = int_model.local_step(state, prev_byte, ctx[:, j])
             if models is not None:
                 counts = adaptive_stage.mix(models, counts, act)
-            probs = (counts if n == B else counts[act]).astype(np.float64)
-            try:
-                sym = dec.decode(FAMILY, probs).astype(np.uint8)
-            except (AssertionError, ValueError, RuntimeError, OverflowError):
-                # constriction found data no encoder writes with these tables
-                raise CorruptStream("corrupt model stream") from None
-            if n == B:
-                out[:, t] = sym
-            else:
-                out[act, t] = sym
-            column = np.ascontiguousarray(out[:, t])
-            prev_byte = column.astype(np.int64)
-            if models is not None:
-                adaptive_stage.update(models, column, act)
-            if progress:
-                progress(n)
+            sym = _range_decode(dec, counts if n == B else counts[act])
+            prev_byte = _store(out, t, sym, act, n, models, progress)
 
 
 def _range_decode(dec, counts: np.ndarray) -> np.ndarray:
@@ -408,6 +394,22 @@ def _range_decode(dec, counts: np.ndarray) -> np.ndarray:
         return dec.decode(FAMILY, counts.astype(np.float64)).astype(np.uint8)
     except (AssertionError, ValueError, RuntimeError, OverflowError):
         raise CorruptStream("corrupt model stream") from None
+
+
+def _store(out, t, sym, act, n, models, progress) -> np.ndarray:
+    """After a decoding step: the n bytes `sym` of the active lanes into column t of
+    `out`, the adaptive update (lane order), progress; returns the column as the next
+    step's previous bytes (B,) int64."""
+    if n == out.shape[0]:
+        out[:, t] = sym
+    else:
+        out[act, t] = sym
+    column = np.ascontiguousarray(out[:, t])
+    if models is not None:
+        adaptive_stage.update(models, column, act)
+    if progress:
+        progress(n)
+    return column.astype(np.int64)
 
 
 def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
@@ -469,15 +471,7 @@ def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
             if err is not None:
                 raise err
             sym = _range_decode(dec, final if n == B else final[act])
-            if n == B:
-                out[:, t] = sym
-            else:
-                out[act, t] = sym
-            column = np.ascontiguousarray(out[:, t])
-            prev_byte = column.astype(np.int64)
-            adaptive_stage.update(models, column, act)
-            if progress:
-                progress(n)
+            prev_byte = _store(out, t, sym, act, n, models, progress)
     finally:
         todo.put(None)
         worker.join()
