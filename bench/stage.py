@@ -151,6 +151,9 @@ def replay(segments, prior, mode="shipped", stage=None):
             t = time.process_time()
             counts = ad.mix_chunk(models, np.ascontiguousarray(counts), ys, act)
             secs += time.process_time() - t
+        if counts.shape[-1] == 8:  # version 6 on: the probabilities of the byte's path
+            bits += np.where(act, ad.path_bits(counts, ys), 0.0).sum(1)
+            continue
         p = np.take_along_axis(counts, ys[..., None], -1)[..., 0]
         bits += np.where(act, COUNT_BITS - np.log2(p), 0.0).sum(1)
     return bits, secs

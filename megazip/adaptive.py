@@ -1,12 +1,13 @@
-"""The adaptive stage (version 5): context mixing on top of the model, shared by a block.
+"""The adaptive stage (version 6): context mixing on top of the model, shared by a block.
 
 A prior cannot know a file's own statistics. This stage learns them online, in integer
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
 of each byte: the byte is the path of 8 binary decisions (most significant bit first)
 through a tree of 255 nodes, node n in 1..255 (children 2n for bit 0 and 2n + 1 for bit
-1, leaves 256 + byte). For every node it computes p(bit = 1) from these models, each an
-input of the mixers (a counter is a 16-bit probability with a hit count, learning at rate
-1 / (n + 1.5)):
+1, leaves 256 + byte). Each decision is coded on its own (the range coder codes bits):
+for the node on the byte's path the stage computes p(bit = 1) from these models, each
+an input of the mixers (a counter is a 16-bit probability with a hit count, learning at
+rate 1 / (n + 1.5)):
 
 - the prior: the node's share of the prior's 256 counts (the prior is exact in this
   decomposition: without other inputs the stage reproduces it);
@@ -36,18 +37,19 @@ the other by (confirmed orders, depth, match state, record, class of the last by
 which column predictions held), combined by a final mixer per node; then refined by
 adaptive probability maps (APM/SSE) selected by the node, by (node, previous byte), by
 a hash of (node, previous two bytes) and, with a record length, by (node, byte above).
-The 255 node probabilities become the 256 counts the range coder needs: a byte's count
-is the product of its path's probabilities, computed top down in integers so that every
-count is >= 1 and they sum to COUNT_TOTAL exactly. Nodes are computed parents first; a
-node whose share of the count mass is below LAZY_MASS (of 2^24) is not mixed: it takes
-the order-1 counter's probability (or the prior's), which costs little, since such
-bytes are rare, and saves most of the work on predictable data.
+The result, p(bit = 1) in 1/65536 (1..65535), codes the decision; only the 8 nodes of
+the byte's path are ever computed (version 5 computed all 255 to give the coder a table
+of 256 counts, most of them for bytes that did not come). A node reached with less than
+LAZY_MASS of the 2^24 probability mass (the product of the path's probabilities so far:
+a surprise) is mixed like any other, but nothing learns from it: mixers trained on such
+nodes lost 4.5 % on a spreadsheet.
 
 State is shared by all lanes of a block (one range-coder stream): all active lanes are
-predicted at step t from the state after step t - 1, then the state learns from every
-lane's byte t in lane order. Each lane keeps only its own bytes, context hashes and match
+predicted at step t from the state after step t - 1 (begin, then the path's nodes one
+by one as the bits become known), then the state learns from every lane's byte t in lane
+order. Each lane keeps only its own bytes, context hashes and match
 pointer. Encoder and decoder run the same integer code in the same order (mix_chunk is
-mix then update, position by position), so their tables are identical by construction.
+begin, predict and update, position by position), so their tables are identical by construction.
 Lookup tables (stretch/squash) are computed with Python's `decimal` module (correctly
 rounded, identical on every platform) and checked against a fixed digest at import.
 
@@ -64,7 +66,7 @@ import numpy as np
 
 from .modelspec import COUNT_TOTAL
 
-ADAPTIVE_VERSION = 5
+ADAPTIVE_VERSION = 6
 
 # ---- fixed-point conventions -------------------------------------------------------
 # probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
@@ -113,6 +115,7 @@ APM_KNOTS = 2 * 3072 // APM_STEP + 1  # 25 knots over the stretch range
 APM_LIMIT = 127
 APM4_BITS = 16  # the order-2 APM: (last two bytes, node) hashed to this many bits
 APM_INIT = 8  # initial observation count of an APM knot (its first rates: 1 / 9.5 ...)
+LAZY_MASS = 4096  # nodes reached with less of the 2^24 mass (surprises) teach nothing
 MAX_BUCKET_BITS = 18  # per hashed context kind: at most 2^18 buckets of 16 entries
 MIN_BUCKET_BITS = 10
 MATCH_BITS_MAX = 22
@@ -122,7 +125,6 @@ RECORD_LIMIT = 65535  # longest record length a stream may signal
 RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
 # params[1] bits (ablation only): models switched off
 OFF_BITMAP, OFF_COLPRED, OFF_MIXER2, OFF_APM2, OFF_BIGRAM, OFF_SMAP = 1, 2, 4, 8, 16, 32
-LAZY_MASS = 4096  # nodes with less of the 2^24 mass take the prior's probability
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
 # sees the mean of the counter's and the map's stretch
@@ -218,8 +220,13 @@ L_U1, L_PWORD = 11, 12  # the byte above (record); the last whole word's hash
 L_W1, L_W2, L_W3 = 13, 14, 15  # bitmap: bytes above-left, above, above-right; 2, 3 rows up
 L_HASH = 16  # N_HASHED context hashes follow
 N_LANE = L_HASH + N_HASHED
-P_EXP = 0  # saved per lane at mix time (LaneModels.pend): expected byte of the match, -1
-N_PEND = 1
+# per lane, from _begin_one for _node_one and the update (LaneModels.pend): the match
+# model's expected byte (-1: none), its stretched confidence and state; the column
+# predictions (expected bytes, counter bases) and the second mixer's class of the last
+# byte; how many orders have their bucket; the path's mass so far (of 2^24) and the last
+# node's probability; each hashed context's bucket start (-1)
+P_EXP, P_SP, P_MST, P_CE0, P_CE1, P_CB0, P_CB1, P_CCLS, P_OC, P_MASS, P_LASTP, P_BASE = range(12)
+N_PEND = P_BASE + N_HASHED
 
 
 class LaneModels:
@@ -237,12 +244,16 @@ class LaneModels:
         self.lane = np.zeros((lanes, N_LANE), np.int64)
         self.lane[:, L_MLANE] = -1
         self.pend = np.full((lanes, N_PEND), -1, np.int64)
+        self.tree = np.zeros((lanes, 512), np.int64)  # the prior's subtree sums (begin)
         self.last = np.full((lanes, 256, 3), -1, np.int64)  # last 3 positions of each value
-        self.inputs = np.zeros((lanes, 256, N_IN), np.int32)  # saved at mix time
-        self.pmix = np.zeros((lanes, 256), np.int32)  # mixer output per node (16 bits)
-        self.wsel = np.zeros((lanes, 2, 256), np.int32)  # the node's weight sets (mix time)
-        self.psub = np.zeros((lanes, 2, 256), np.int32)  # the two mixers' outputs
-        self.smi = np.full((lanes, 256, N_HASHED), -1, np.int16)  # counter-map knots (mix)
+        # per lane and depth of the byte's path, saved at mix time for the update: the
+        # mixer inputs, the final mixer's output (16 bits), the weight sets, the two
+        # mixers' outputs, the counter-map knots used
+        self.inputs = np.zeros((lanes, 8, N_IN), np.int32)
+        self.pmix = np.zeros((lanes, 8), np.int32)
+        self.wsel = np.zeros((lanes, 2, 8), np.int32)
+        self.psub = np.zeros((lanes, 2, 8), np.int32)
+        self.smi = np.full((lanes, 8, N_HASHED), -1, np.int16)
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
         self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
         bmb = min(BITMAP_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 3))
@@ -281,6 +292,7 @@ class LaneModels:
             self.hist,
             self.lane,
             self.pend,
+            self.tree,
             self.last,
             self.inputs,
             self.pmix,
@@ -332,16 +344,6 @@ def _apm_idx(pm):
     s = _st(pm) + 3072
     k = min(s >> APM_SHIFT, APM_KNOTS - 2)
     return k, s - (k << APM_SHIFT)
-
-
-@_jit
-def _cheap(tree, n, o1, r0):
-    """p(bit = 1) of a node below LAZY_MASS: the order-1 counter once it has seen the
-    node, else the prior."""
-    v = np.int64(o1[r0 + n])
-    if v & 0xFFFF:
-        return v >> 16
-    return min(65535, max(1, (tree[2 * n + 1] << 16) // tree[n]))
 
 
 @_jit
@@ -415,8 +417,8 @@ def _smap(smap, k, v):
 
 
 @_jit
-def _inp(smap, smi, off, b, n, k, v):
-    """The mixer input of hashed counter value v of kind k at node n: 0 for an empty
+def _inp(smap, smi, off, b, d, k, v):
+    """The mixer input of hashed counter value v of kind k at depth d: 0 for an empty
     counter; for the orders and the word context, the counter's stretch once it is in
     hit-count bucket SM_MAXCB; else through the counter map (noting the knot to train in
     smi)."""
@@ -425,18 +427,18 @@ def _inp(smap, smi, off, b, n, k, v):
     if off & OFF_SMAP or (k <= H_WORD and SM_CB[v & 0xFFFF] >= SM_MAXCB):
         return STRETCH[v >> 16]
     s, r = _smap(smap, k, v)
-    smi[b, n, k] = r
+    smi[b, d, k] = r
     return s
 
 
 @_jit
-def _mix_one(
+def _begin_one(
     counts,
     b,
-    out,
     hist,
     lane,
     pend,
+    tree,
     last,
     inputs,
     pmix,
@@ -459,33 +461,22 @@ def _mix_one(
     a4,
     params,
 ):
-    mask = ctab.shape[1] // 16 - 1
-    off = params[1]
-    x = inputs[b]  # (256, N_IN): input i of node n, kept for update()
-    pmb = pmix[b]
-    # prior: subtree sums of the 256 counts
-    tree = np.empty(512, np.int64)
+    """Start lane b's next byte: the prior's subtree sums, the match model's expected
+    byte, the column predictions and the high-nibble bucket of every hashed context, kept
+    in tree[b] and pend[b] for _node_one. Reads the shared state, writes lane b's only."""
+    tr = tree[b]
     for i in range(256):
-        tree[256 + i] = counts[i]
+        tr[256 + i] = counts[i]
     for n in range(255, 0, -1):
-        tree[n] = tree[2 * n] + tree[2 * n + 1]
-    c1 = lane[b, L_C1]
-    r0 = c1 << 8
-    rec = 3 if lane[b, L_RLEN] > 0 else 0
-    u0 = lane[b, L_U1] << 8
-    tt = lane[b, L_LEN]
-    c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
-    ccls = BYTE_CLASS[c1]
-    nk = K_REC if rec else K_TEXT
-    ni = N_IN if rec else N_IN_TEXT
-    bw1 = lane[b, L_W1]
-    bw2 = lane[b, L_W2]
-    bw3 = lane[b, L_W3]
-    bmask = bm.shape[0] - BM_OFF[2] - 1
+        tr[n] = tr[2 * n] + tr[2 * n + 1]
+    pb = pend[b]
+    rec = lane[b, L_RLEN] > 0
     ce0 = ce1 = cb0 = cb1 = -1
+    ccls = BYTE_CLASS[lane[b, L_C1]]
     if rec:
         ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
         ccls = ((cb0 // 24) & 1) * 2 + ((cb1 // 24) & 1)  # which predictions held
+    pb[P_CE0], pb[P_CE1], pb[P_CB0], pb[P_CB1], pb[P_CCLS] = ce0, ce1, cb0, cb1, ccls
     # match model: expected byte
     e = -1
     mlen = 0
@@ -495,114 +486,162 @@ def _mix_one(
         if mp < lane[ml, L_LEN]:
             e = np.int64(hist[ml, mp])
             mlen = min(lane[b, L_MLEN], MAX_LEN)
-    pend[b, P_EXP] = e
-    sp = 0
-    mst = 0
-    if e >= 0:
-        sp = _st(mconf[mlen, 0])
-        mst = 1 if mlen < LONG_MATCH else 2
-    lazy = LAZY_MASS
-    mass = np.empty(512, np.int64)
-    mass[1] = COUNT_TOTAL - 256
-    bases = np.empty(N_HASHED, np.int64)
-    for s in range(17):
-        top = 1 if s == 0 else 16 + s - 1  # the bucket's first node
-        if mass[top] >= lazy:  # (mass only shrinks downwards: else no node here is mixed)
-            oc = 0
-            for k in range(nk):
-                base, chk = _bucket(lane[b, L_HASH + k], s, mask)
-                bases[k] = base if np.int64(ctab[k, base]) == chk else -1
-                if k < len(ORDERS) and bases[k] >= 0:
-                    oc += 1
-            if off & OFF_BIGRAM and not rec:
-                bases[H_BIGRAM] = -1
-        for j in range(1, 16):
-            n = NODE_OF[s, j]
-            if mass[n] < lazy:  # below LAZY_MASS: order 1 or the prior, not mixed
-                p = _cheap(tree, n, o1, r0)
-                pmb[n] = 0
-            else:
-                x[n, IN_BIAS] = 256
-                x[n, IN_PRIOR] = _st((tree[2 * n + 1] << 16) // tree[n])
-                v = np.int64(o1[r0 + n])
-                x[n, IN_O1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                for k in range(nk):
-                    base = bases[k]
-                    x[n, IN_H0 + k] = 0
-                    smi[b, n, k] = -1
-                    if base >= 0:
-                        x[n, IN_H0 + k] = _inp(smap, smi, off, b, n, k, np.int64(ctab[k, base + j]))
-                if rec and off & OFF_BITMAP:
-                    x[n, IN_BM] = x[n, IN_BM + 1] = x[n, IN_BM + 2] = 0
-                elif rec:
-                    ca, cb, cc = _bitmap_ctx(n, c1, bw1, bw2, bw3)
-                    v = np.int64(bm[ca])
-                    x[n, IN_BM] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                    v = np.int64(bm[BM_OFF[1] + cb])
-                    x[n, IN_BM + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                    v = np.int64(bm[BM_OFF[2] + (cc & bmask)])
-                    x[n, IN_BM + 2] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                if rec and off & OFF_COLPRED:
-                    x[n, IN_CP] = x[n, IN_CP + 1] = 0
-                elif rec:
-                    d = DEPTH[n]
-                    v = np.int64(cpt[0, cb0 + d * 3 + _pred_state(ce0, n, d)])
-                    x[n, IN_CP] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                    v = np.int64(cpt[1, cb1 + d * 3 + _pred_state(ce1, n, d)])
-                    x[n, IN_CP + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
-                st = 0
-                x[n, IN_MATCH] = 0
-                if e >= 0:
-                    d = DEPTH[n]
-                    if ((256 + e) >> (8 - d)) == n:
-                        st = mst
-                        x[n, IN_MATCH] = sp if (e >> (7 - d)) & 1 else -sp
-                sel = n * N_MSTATE + st + rec
-                sel2 = (((oc * 8 + DEPTH[n]) * 3 + st) * 2 + (1 if rec else 0)) * 4 + ccls
-                wsel[b, 0, n] = sel
-                wsel[b, 1, n] = sel2
-                ws = w[sel]
-                ws2 = w2[sel2]
-                dot = np.int64(0)
-                dot2 = np.int64(0)
-                for i in range(ni):
-                    xi = np.int64(x[n, i])
-                    dot += ws[i] * xi
-                    dot2 += ws2[i] * xi
-                p1 = _sq(dot >> MIX_SHIFT)
-                p2 = _sq(dot2 >> MIX_SHIFT)
-                psub[b, 0, n] = p1
-                psub[b, 1, n] = p2
-                wn = wf[n]
-                pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2]) >> MIX_SHIFT)
-                if off & OFF_MIXER2:
-                    pm = p1
-                pmb[n] = pm
-                sv = _st(pm) + 3072
-                k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
-                f1 = sv - (k1 << APM_SHIFT)
-                g1 = APM_STEP - f1
-                q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-                r = r0 + n
-                q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-                q3 = 0
-                if rec:
-                    r = u0 + n
-                    q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-                r = _apm4_row(c2, n)
-                q4 = ((a4[r, k1] >> 16) * g1 + (a4[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
-                if off & OFF_APM2:  # version 3's APMs
-                    p = (pm + q1 + q2 + q3) >> 2 if rec else (2 * pm + q1 + q2) >> 2
-                elif rec:
-                    p = (pm + q1 + q2 + q3 + q4 + 2) // 5
-                else:
-                    p = (2 * pm + q1 + q2 + 2 * q4 + 2) // 6
-                p = min(65535, max(1, p))
-            m1 = (mass[n] * p) >> 16
-            mass[2 * n + 1] = m1
-            mass[2 * n] = mass[n] - m1
-    for i in range(256):
-        out[i] = mass[256 + i] + 1
+    pb[P_EXP] = e
+    pb[P_SP] = _st(mconf[mlen, 0]) if e >= 0 else 0
+    pb[P_MST] = (1 if mlen < LONG_MATCH else 2) if e >= 0 else 0
+    pb[P_MASS] = COUNT_TOTAL - 256
+    _find_buckets(b, 0, lane, pend, ctab, params)
+
+
+@_jit
+def _find_buckets(b, s, lane, pend, ctab, params):
+    """pend[b]: the start of sub-bucket s of each hashed context of lane b (-1 where the
+    bucket's check word is not this context's) and how many of the orders have theirs."""
+    mask = ctab.shape[1] // 16 - 1
+    rec = lane[b, L_RLEN] > 0
+    nk = K_REC if rec else K_TEXT
+    oc = 0
+    for k in range(nk):
+        base, chk = _bucket(lane[b, L_HASH + k], s, mask)
+        base = base if np.int64(ctab[k, base]) == chk else -1
+        pend[b, P_BASE + k] = base
+        if k < len(ORDERS) and base >= 0:
+            oc += 1
+    if params[1] & OFF_BIGRAM and not rec:
+        pend[b, P_BASE + H_BIGRAM] = -1
+    pend[b, P_OC] = oc
+
+
+@_jit
+def _node_one(
+    n,
+    b,
+    hist,
+    lane,
+    pend,
+    tree,
+    last,
+    inputs,
+    pmix,
+    wsel,
+    psub,
+    smi,
+    o1,
+    ctab,
+    bm,
+    cpt,
+    match,
+    mconf,
+    smap,
+    w,
+    w2,
+    wf,
+    a1,
+    a2,
+    a3,
+    a4,
+    params,
+):
+    """p(bit = 1) in 1/65536 (1..65535) of node n, the next binary decision of lane b's
+    byte (after _begin_one for it and _node_one for the nodes above n). The mixers'
+    inputs and outputs are kept by depth for the update. Writes lane b's state only."""
+    off = params[1]
+    d = DEPTH[n]
+    if d == 4:  # the low nibble's bucket, now that the high nibble is known
+        _find_buckets(b, NODE_BUCKET[n], lane, pend, ctab, params)
+    pb = pend[b]
+    tr = tree[b]
+    x = inputs[b, d]  # (N_IN,): the inputs of this node, kept for update()
+    c1 = lane[b, L_C1]
+    r0 = c1 << 8
+    if d > 0:  # the mass of the path to n: its parent's, times the bit's probability
+        m1 = (pb[P_MASS] * pb[P_LASTP]) >> 16
+        pb[P_MASS] = m1 if n & 1 else pb[P_MASS] - m1
+    rec = 3 if lane[b, L_RLEN] > 0 else 0
+    nk = K_REC if rec else K_TEXT
+    ni = N_IN if rec else N_IN_TEXT
+    j = NODE_ENTRY[n]
+    x[IN_BIAS] = 256
+    x[IN_PRIOR] = _st((tr[2 * n + 1] << 16) // tr[n])
+    v = np.int64(o1[r0 + n])
+    x[IN_O1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+    for k in range(nk):
+        base = pb[P_BASE + k]
+        x[IN_H0 + k] = 0
+        smi[b, d, k] = -1
+        if base >= 0:
+            x[IN_H0 + k] = _inp(smap, smi, off, b, d, k, np.int64(ctab[k, base + j]))
+    if rec and off & OFF_BITMAP:
+        x[IN_BM] = x[IN_BM + 1] = x[IN_BM + 2] = 0
+    elif rec:
+        bmask = bm.shape[0] - BM_OFF[2] - 1
+        ca, cb, cc = _bitmap_ctx(n, c1, lane[b, L_W1], lane[b, L_W2], lane[b, L_W3])
+        v = np.int64(bm[ca])
+        x[IN_BM] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+        v = np.int64(bm[BM_OFF[1] + cb])
+        x[IN_BM + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+        v = np.int64(bm[BM_OFF[2] + (cc & bmask)])
+        x[IN_BM + 2] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+    if rec and off & OFF_COLPRED:
+        x[IN_CP] = x[IN_CP + 1] = 0
+    elif rec:
+        v = np.int64(cpt[0, pb[P_CB0] + d * 3 + _pred_state(pb[P_CE0], n, d)])
+        x[IN_CP] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+        v = np.int64(cpt[1, pb[P_CB1] + d * 3 + _pred_state(pb[P_CE1], n, d)])
+        x[IN_CP + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+    st = 0
+    x[IN_MATCH] = 0
+    e = pb[P_EXP]
+    if e >= 0 and ((256 + e) >> (8 - d)) == n:
+        st = pb[P_MST]
+        x[IN_MATCH] = pb[P_SP] if (e >> (7 - d)) & 1 else -pb[P_SP]
+    sel = n * N_MSTATE + st + rec
+    sel2 = (((pb[P_OC] * 8 + d) * 3 + st) * 2 + (1 if rec else 0)) * 4 + pb[P_CCLS]
+    wsel[b, 0, d] = sel
+    wsel[b, 1, d] = sel2
+    ws = w[sel]
+    ws2 = w2[sel2]
+    dot = np.int64(0)
+    dot2 = np.int64(0)
+    for i in range(ni):
+        xi = np.int64(x[i])
+        dot += ws[i] * xi
+        dot2 += ws2[i] * xi
+    p1 = _sq(dot >> MIX_SHIFT)
+    p2 = _sq(dot2 >> MIX_SHIFT)
+    psub[b, 0, d] = p1
+    psub[b, 1, d] = p2
+    wn = wf[n]
+    pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2]) >> MIX_SHIFT)
+    if off & OFF_MIXER2:
+        pm = p1
+    pmix[b, d] = pm
+    sv = _st(pm) + 3072
+    k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
+    f1 = sv - (k1 << APM_SHIFT)
+    g1 = APM_STEP - f1
+    q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    r = r0 + n
+    q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    q3 = 0
+    if rec:
+        r = (lane[b, L_U1] << 8) + n
+        q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    tt = lane[b, L_LEN]
+    c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
+    r = _apm4_row(c2, n)
+    q4 = ((a4[r, k1] >> 16) * g1 + (a4[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    if off & OFF_APM2:  # version 3's APMs
+        p = (pm + q1 + q2 + q3) >> 2 if rec else (2 * pm + q1 + q2) >> 2
+    elif rec:
+        p = (pm + q1 + q2 + q3 + q4 + 2) // 5
+    else:
+        p = (2 * pm + q1 + q2 + 2 * q4 + 2) // 6
+    p = min(65535, max(1, p))
+    pb[P_LASTP] = p
+    if pb[P_MASS] < LAZY_MASS:  # a surprise: nothing learns from this node
+        pmix[b, d] = 0
+    return p
 
 
 @_jit
@@ -651,6 +690,7 @@ def _update_one(
     hist,
     lane,
     pend,
+    tree,
     last,
     inputs,
     pmix,
@@ -703,9 +743,7 @@ def _update_one(
     bw2 = lane[b, L_W2]
     bw3 = lane[b, L_W3]
     bmask = bm.shape[0] - BM_OFF[2] - 1
-    ce0 = ce1 = cb0 = cb1 = -1
-    if rec:
-        ce0, ce1, cb0, cb1 = _col_pred(hist, b, lane[b, L_LEN], lane[b, L_RLEN])
+    ce0, ce1, cb0, cb1 = pend[b, P_CE0], pend[b, P_CE1], pend[b, P_CB0], pend[b, P_CB1]
     for d in range(8):
         n = (256 + sym) >> (8 - d)
         y = (sym >> (7 - d)) & 1
@@ -733,31 +771,31 @@ def _update_one(
                 mconf[mlen, 1] = c + 1
             else:
                 on_path = False
-        pm = np.int64(pmix[b, n])
-        if pm == 0:  # not mixed (below LAZY_MASS): no mixer or APM to train
+        pm = np.int64(pmix[b, d])
+        if pm == 0:  # below LAZY_MASS: no map, mixer or APM learns from the node
             continue
         for k in range(nk):  # the counter maps' knots used at mix time
-            r = np.int64(smi[b, n, k])
+            r = np.int64(smi[b, d, k])
             if r >= 0:
                 smap[r] = _learn_sm(smap[r], y)
         # the two mixers, each toward the bit from its own output, then the final one
         two = (params[1] & OFF_MIXER2) == 0
         for m in range(2 if two else 1):
-            ws = w[wsel[b, 0, n]] if m == 0 else w2[wsel[b, 1, n]]
-            err = (y << 16) - np.int64(psub[b, m, n])
+            ws = w[wsel[b, 0, d]] if m == 0 else w2[wsel[b, 1, d]]
+            err = (y << 16) - np.int64(psub[b, m, d])
             cnt = ws[N_IN]
             err = (err * LR_DECAY[cnt]) >> 16
             ws[N_IN] = min(cnt + 1, LR_STEPS)
             for i in range(ni):
-                ws[i] += (np.int64(inputs[b, n, i]) * err) >> LR_SHIFT
+                ws[i] += (np.int64(inputs[b, d, i]) * err) >> LR_SHIFT
         wn = wf[n]
         err = (y << 16) - pm
         cnt = wn[2]
         err = (err * LR_DECAY[cnt]) >> 16
         wn[2] = min(cnt + 1, LR_STEPS) if two else cnt
         if two:
-            wn[0] += (STRETCH[psub[b, 0, n]] * err) >> FINAL_SHIFT
-            wn[1] += (STRETCH[psub[b, 1, n]] * err) >> FINAL_SHIFT
+            wn[0] += (STRETCH[psub[b, 0, d]] * err) >> FINAL_SHIFT
+            wn[1] += (STRETCH[psub[b, 1, d]] * err) >> FINAL_SHIFT
         # APMs: move the two knots around p toward the bit
         k1, f1 = _apm_idx(pm)
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
@@ -886,10 +924,17 @@ def _window(hist, b, i, t):
 
 
 @_jit
-def _mix_lanes(counts, active, out, lo, *st):
+def _begin_lanes(counts, active, lo, *st):
     for i in range(counts.shape[0]):
         if active[i]:
-            _mix_one(counts[i], lo + i, out[i], *st)
+            _begin_one(counts[i], lo + i, *st)
+
+
+@_jit
+def _node_lanes(nodes, active, out, *st):
+    for b in range(nodes.shape[0]):
+        if active[b]:
+            out[b] = _node_one(nodes[b], b, *st)
 
 
 @_jit
@@ -905,26 +950,30 @@ def _encode_chunk(counts, symbols, active, out, *st):
     for c in range(C):  # lockstep: predict every lane at c, then learn in lane order
         for b in range(B):
             if active[b, c]:
-                _mix_one(counts[b, c], b, out[b, c], *st)
+                _begin_one(counts[b, c], b, *st)
+                sym = symbols[b, c]
+                for d in range(8):
+                    n = (256 + sym) >> (8 - d)
+                    out[b, c, d] = _node_one(n, b, *st)
         for b in range(B):
             if active[b, c]:
                 _update_one(np.int64(symbols[b, c]), b, *st)
 
 
-def mix(models: LaneModels, counts: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """Decoder side: final counts (B, 256) int64 for the next byte of every active lane
-    (inactive lanes keep the prior's rows). Call update() with the decoded bytes next."""
-    out = counts.copy()
-    mix_into(models, counts, active, out)
+def begin(models: LaneModels, counts: np.ndarray, active: np.ndarray, lo: int = 0) -> None:
+    """Decoder side: start the next byte of the lanes lo .. lo + n - 1 from their prior
+    counts (n, 256) (active: (n,) bool). Reads the shared state and writes only these
+    lanes', so threads may begin disjoint lane ranges at once (the kernel releases the
+    GIL). Then predict() each of the byte's 8 binary decisions, then update()."""
+    _begin_lanes(counts, active, np.int64(lo), *models.arrays())
+
+
+def predict(models: LaneModels, nodes: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """Decoder side: p(bit = 1) in 1/65536 (B,) int64 of node nodes[b] of every active
+    lane (0 for the others): the root 1 first, then 2n + bit down the byte's path."""
+    out = np.zeros(nodes.shape[0], np.int64)
+    _node_lanes(nodes, active, out, *models.arrays())
     return out
-
-
-def mix_into(models: LaneModels, counts: np.ndarray, active: np.ndarray, out, lo: int = 0):
-    """mix() for the lanes lo .. lo + n - 1 only (counts, active, out: their n rows), the
-    final counts written into `out` (inactive rows left as they are). Mixing reads the
-    shared state and writes only its own lanes' rows, so threads may mix disjoint lane
-    ranges at once (the numba kernel releases the GIL); update() stays serial."""
-    _mix_lanes(counts, active, out, np.int64(lo), *models.arrays())
 
 
 def update(models: LaneModels, symbols: np.ndarray, active: np.ndarray) -> None:
@@ -933,12 +982,22 @@ def update(models: LaneModels, symbols: np.ndarray, active: np.ndarray) -> None:
 
 
 def mix_chunk(models: LaneModels, counts: np.ndarray, symbols: np.ndarray, active: np.ndarray):
-    """Encoder side: final counts (B, C, 256) for a chunk of C positions whose bytes are
-    known (B, C), mixing and learning position by position exactly as the decoder
-    (inactive positions keep the prior's rows)."""
-    out = counts.copy()
+    """Encoder side: for a chunk of C positions whose bytes are known (B, C), from their
+    prior counts (B, C, 256), the probabilities (B, C, 8) int64 that code them: p(bit = 1)
+    in 1/65536 of each of the byte's 8 binary decisions, most significant first (0 at
+    inactive positions); predicting and learning position by position exactly as the
+    decoder does."""
+    out = np.zeros((*symbols.shape, 8), np.int64)
     _encode_chunk(counts, symbols, active, out, *models.arrays())
     return out
+
+
+def path_bits(probs: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """-log2 p(symbol) (...) float64 of bytes `symbols` (...) under their path
+    probabilities `probs` (..., 8) from mix_chunk (accounting only, never coding)."""
+    y = (np.asarray(symbols, np.int64)[..., None] >> np.arange(7, -1, -1)) & 1
+    p = np.where(y == 1, probs, 65536 - probs)
+    return (16.0 - np.log2(np.maximum(p, 1).astype(np.float64))).sum(-1)
 
 
 @_jit

@@ -127,11 +127,20 @@ class Chunk:
     symbols: np.ndarray  # (B, C) int64: the bytes (padding zeros past a lane's end)
     active: np.ndarray  # (B, C) bool: positions that are coded (inside their lane)
     prior: np.ndarray  # (B, C, 256) int64: the integer model's counts
-    final: np.ndarray  # (B, C, 256) int64: the counts coded (prior without the stage)
+    path: np.ndarray | None  # with the adaptive stage (B, C, 8) int64: p(bit = 1) in
+    # 1/65536 of each of a byte's 8 binary decisions, most significant first, as coded;
+    # None without it (the prior's counts are coded)
 
-    def bits(self, counts: np.ndarray) -> np.ndarray:
-        """(B,) float64: bits of each lane's active positions under `counts`."""
-        return np.where(self.active, code_bits(counts, self.symbols), 0.0).sum(1)
+    def prior_bits(self) -> np.ndarray:
+        """(B,) float64: bits of each lane's active positions under the prior alone."""
+        return np.where(self.active, code_bits(self.prior, self.symbols), 0.0).sum(1)
+
+    def final_bits(self) -> np.ndarray:
+        """(B,) float64: bits of each lane's active positions as coded."""
+        if self.path is None:
+            return self.prior_bits()
+        bits = adaptive_stage.path_bits(self.path, self.symbols)
+        return np.where(self.active, bits, 0.0).sum(1)
 
 
 class BlockTables:
@@ -179,12 +188,12 @@ class BlockTables:
                 C = prior.shape[1]
                 sym = lanes[:, start : start + C]
                 active = lengths[:, None] > np.arange(start, start + C)  # (B, C)
-                final = prior
+                path = None
                 if models is not None:
-                    final = adaptive_stage.mix_chunk(models, prior, sym, active)
-                chunk = Chunk(start, sym, active, prior, final)
-                self.prior_bits += chunk.bits(prior)
-                self.final_bits += chunk.bits(final)
+                    path = adaptive_stage.mix_chunk(models, prior, sym, active)
+                chunk = Chunk(start, sym, active, prior, path)
+                self.prior_bits += chunk.prior_bits()
+                self.final_bits += chunk.final_bits()
                 yield chunk
 
 
@@ -279,9 +288,18 @@ def encode_block(
     tables = BlockTables(int_model, segments, adaptive, chunk_patches, threads=threads)
     enc = constriction.stream.queue.RangeEncoder()
     for chunk in tables:
-        order = chunk.active.T  # position-major: (C, B)
-        probs = chunk.final.transpose(1, 0, 2)[order].astype(np.float64)
-        symbols = chunk.symbols.T[order].astype(np.int32)
+        if chunk.path is None:  # a byte per position, position-major: (C, B)
+            order = chunk.active.T
+            probs = chunk.prior.transpose(1, 0, 2)[order].astype(np.float64)
+            symbols = chunk.symbols.T[order].astype(np.int32)
+        else:  # 8 bits per position: position, then depth, then lane (C, 8, B)
+            order = np.broadcast_to(
+                chunk.active.T[:, None, :], (chunk.active.shape[1], 8, len(chunk.active))
+            )
+            p1 = chunk.path.transpose(1, 2, 0)[order]
+            bits = (chunk.symbols.T[:, None, :] >> np.arange(7, -1, -1)[None, :, None]) & 1
+            symbols = bits[order].astype(np.int32)
+            probs = _bit_tables(p1)
         if len(symbols):
             enc.encode(symbols, FAMILY, probs)
         if progress:
@@ -326,7 +344,7 @@ def decode_block(
     the caller's thread count is restored when it returns or raises. With NpMegabyte,
     `lane_threads` > 1 threads compute the model for groups of lanes in parallel
     (npmodel.LaneGroups); with the adaptive stage and at least SPLIT_MIN_LANES lanes,
-    two threads run the model and the adaptive mix of half of the lanes each
+    two threads run the model (and adaptive.begin) of half of the lanes each
     (_decode_steps_split). The output depends on none of this."""
     P = int_model.config.patch_size
     if len(stream) % 4:
@@ -381,10 +399,35 @@ def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
             if n == 0:  # every lane is done
                 return
             counts = int_model.local_step(state, prev_byte, ctx[:, j])
-            if models is not None:
-                counts = adaptive_stage.mix(models, counts, act)
-            sym = _range_decode(dec, counts if n == B else counts[act])
+            if models is None:
+                sym = _range_decode(dec, counts if n == B else counts[act])
+            else:
+                adaptive_stage.begin(models, counts, act)
+                sym = _decode_byte(dec, models, act, n)
             prev_byte = _store(out, t, sym, act, n, models, progress)
+
+
+def _bit_tables(p1: np.ndarray) -> np.ndarray:
+    """The range coder's tables (m, 2) float64 of binary decisions with p(bit = 1) =
+    p1 / 65536 (m,) (exact: integers below 2^53)."""
+    out = np.empty((len(p1), 2), np.float64)
+    out[:, 0] = 65536 - p1
+    out[:, 1] = p1
+    return out
+
+
+def _decode_byte(dec, models, act, n) -> np.ndarray:
+    """With the adaptive stage: the next byte of every active lane (n of B) from `dec`,
+    decision by decision from the root, after adaptive.begin() of every lane; (n,) uint8."""
+    node = np.ones(len(act), np.int64)
+    for _ in range(8):
+        p1 = adaptive_stage.predict(models, node, act)
+        y = _range_decode(dec, _bit_tables(p1 if n == len(act) else p1[act]))
+        if n == len(act):
+            node = 2 * node + y
+        else:
+            node[act] = 2 * node[act] + y
+    return ((node if n == len(act) else node[act]) - 256).astype(np.uint8)
 
 
 def _range_decode(dec, counts: np.ndarray) -> np.ndarray:
@@ -415,10 +458,11 @@ def _store(out, t, sym, act, n, models, progress) -> np.ndarray:
 def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
     """_decode_steps on two threads, with the same bytes. The lanes are cut into two
     groups (SPLIT_MAIN_SIXTEENTHS), each with its own model state. Per step a worker
-    thread runs the model and the adaptive mix (adaptive.mix_into) of the second group
-    while this thread does the first; then this thread range-decodes every lane and
-    runs the adaptive update in lane order, the only part that writes state the lanes
-    share. The numba kernels release the GIL, so both groups run at once."""
+    thread runs the model and adaptive.begin of the second group while this thread does
+    the first; then this thread predicts and range-decodes the byte's 8 decisions of
+    every lane and runs the adaptive update in lane order, the only part that writes
+    state the lanes share. The numba kernels release the GIL, so both groups run at
+    once."""
     import queue
     import threading
 
@@ -428,7 +472,6 @@ def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
     groups = ((0, h), (h, B))
     states = [int_model.new_state(hi - lo) for lo, hi in groups]
     ctx: list = [None, None]
-    final = np.empty((B, 256), np.int64)  # this step's tables, each half writes its rows
 
     def half(g: int, k: int, j: int, prev_byte: np.ndarray, act: np.ndarray) -> None:
         lo, hi = groups[g]
@@ -437,8 +480,7 @@ def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
             ctx[g] = int_model.global_context(states[g], prev.reshape(hi - lo, 1, P))[:, 0]
             int_model.begin_patch(states[g])
         counts = int_model.local_step(states[g], prev_byte[lo:hi], ctx[g][:, j])
-        final[lo:hi] = counts
-        adaptive_stage.mix_into(models, counts, act[lo:hi], final[lo:hi], lo)
+        adaptive_stage.begin(models, counts, act[lo:hi], lo)
 
     todo: queue.SimpleQueue = queue.SimpleQueue()
     done: queue.SimpleQueue = queue.SimpleQueue()
@@ -470,7 +512,7 @@ def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
                 err = done.get()  # the worker's half is done (or failed)
             if err is not None:
                 raise err
-            sym = _range_decode(dec, final if n == B else final[act])
+            sym = _decode_byte(dec, models, act, n)
             prev_byte = _store(out, t, sym, act, n, models, progress)
     finally:
         todo.put(None)
