@@ -136,39 +136,50 @@ SM_MAXCB = 10  # order-2..6 and word counters from this bucket on (61+ hits) byp
 _jit = nb.njit(cache=True, nogil=True)
 
 
-def _tables():
-    """squash (x in -3072..3072, 1/256) -> 16-bit probability and its inverse, stretch."""
+def squash_exact() -> np.ndarray:
+    """SQUASH by definition: for x = i / 256, i in -3072..3072, 65536 / (1 + e^-x) rounded
+    half-even to an integer and clamped to 1..65535, in 40-digit decimal arithmetic
+    (correctly rounded exp: the same on every machine; about 0.1 s)."""
     ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_EVEN)
     squash = np.zeros(2 * 3072 + 1, np.int64)
     one = decimal.Decimal(1)
     for i in range(-3072, 3073):
         x = ctx.divide(decimal.Decimal(i), decimal.Decimal(256))
-        p = ctx.divide(one, ctx.add(one, ctx.exp(-x)))  # correctly rounded exp
+        p = ctx.divide(one, ctx.add(one, ctx.exp(-x)))
         v = int(ctx.multiply(p, decimal.Decimal(65536)).to_integral_value(decimal.ROUND_HALF_EVEN))
         squash[i + 3072] = min(65535, max(1, v))
-    # stretch(p) = the x whose squash is nearest to p from below (monotone inverse)
-    stretch = np.zeros(65536, np.int64)
-    x = -3072
-    for p in range(65536):
-        while x < 3072 and squash[x + 1 + 3072] <= p:
-            x += 1
-        stretch[p] = max(-SMAX, min(SMAX, x))
-    return squash, stretch
+    return squash
 
 
-SQUASH, STRETCH = _tables()
-TABLE_DIGEST = "0928e75eb58a51e0"
+def squash_fast() -> np.ndarray:
+    """SQUASH in float64 (a millisecond). It equals squash_exact wherever no value lies
+    within float64's error of a rounding tie; the digest check below decides."""
+    x = np.arange(-3072, 3073) / 256.0
+    return np.clip(np.rint(65536.0 / (1.0 + np.exp(-x))), 1, 65535).astype(np.int64)
 
 
-def table_digest() -> str:
-    """sha256 of SQUASH and STRETCH as little-endian int64 (the first 16 hex digits)."""
-    raw = SQUASH.astype("<i8").tobytes() + STRETCH.astype("<i8").tobytes()
+def stretch_of(squash: np.ndarray) -> np.ndarray:
+    """STRETCH[p], p in 0..65535: the largest x in -3072..3072 with squash[x + 3072] <= p
+    (-3072 if none), clamped to +-SMAX (squash is nondecreasing)."""
+    x = np.searchsorted(squash[1:], np.arange(65536), side="right") - 3072
+    return np.clip(x, -SMAX, SMAX).astype(np.int64)
+
+
+def table_digest(squash: np.ndarray, stretch: np.ndarray) -> str:
+    """sha256 of squash and stretch as little-endian int64 (the first 16 hex digits)."""
+    raw = squash.astype("<i8").tobytes() + stretch.astype("<i8").tobytes()
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-if table_digest() != TABLE_DIGEST:  # the tables must be the same on every machine
-    raise RuntimeError("megazip.adaptive: lookup tables differ from the reference")
-# counter learning rates: 65536 / (n + 1.5)
+TABLE_DIGEST = "0928e75eb58a51e0"  # the tables must be the same on every machine
+SQUASH = squash_fast()
+STRETCH = stretch_of(SQUASH)
+if table_digest(SQUASH, STRETCH) != TABLE_DIGEST:  # this machine's float exp: recompute
+    SQUASH = squash_exact()
+    STRETCH = stretch_of(SQUASH)
+    if table_digest(SQUASH, STRETCH) != TABLE_DIGEST:
+        raise RuntimeError("megazip.adaptive: lookup tables differ from the reference")
+# mixer learning rates by a weight set's update count; counter learning rates: 65536 / (n + 1.5)
 LR_STEPS = LR_HALF * (LR_FLOOR - 1)
 LR_DECAY = np.array(
     [max(65536 // LR_FLOOR, 65536 * LR_HALF // (LR_HALF + n)) for n in range(LR_STEPS + 1)],
