@@ -134,6 +134,8 @@ SM_INIT = 8
 SM_MAXCB = 10  # order-2..6 and word counters from this bucket on (61+ hits) bypass the map
 
 _jit = nb.njit(cache=True, nogil=True)
+_inline = nb.njit(cache=True, nogil=True, inline="always")  # no call (nor reference counts
+# of its ~25 array arguments) per use: for the per-node and per-byte kernels
 
 
 def squash_exact() -> np.ndarray:
@@ -442,7 +444,7 @@ def _inp(smap, smi, off, b, d, k, v):
     return s
 
 
-@_jit
+@_inline
 def _begin_one(
     counts,
     b,
@@ -504,7 +506,7 @@ def _begin_one(
     _find_buckets(b, 0, lane, pend, ctab, params)
 
 
-@_jit
+@_inline
 def _find_buckets(b, s, lane, pend, ctab, params):
     """pend[b]: the start of sub-bucket s of each hashed context of lane b (-1 where the
     bucket's check word is not this context's) and how many of the orders have theirs."""
@@ -523,7 +525,7 @@ def _find_buckets(b, s, lane, pend, ctab, params):
     pend[b, P_OC] = oc
 
 
-@_jit
+@_inline
 def _node_one(
     n,
     b,
@@ -694,7 +696,7 @@ def _learn_apm(v, y):
     return _learn_knot(v, y, APM_LIMIT)
 
 
-@_jit
+@_inline
 def _update_one(
     sym,
     b,
@@ -934,41 +936,319 @@ def _window(hist, b, i, t):
     return v
 
 
+# The per-lane kernels take the block's state as these arrays (LaneModels.arrays()),
+# unpacked by name: numba inlines only calls without *args.
 @_jit
-def _begin_lanes(counts, active, lo, *st):
+def _begin_lanes(counts, active, lo, st):
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        last,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+    ) = st
     for i in range(counts.shape[0]):
         if active[i]:
-            _begin_one(counts[i], lo + i, *st)
+            _begin_one(
+                counts[i],
+                lo + i,
+                hist,
+                lane,
+                pend,
+                tree,
+                last,
+                inputs,
+                pmix,
+                wsel,
+                psub,
+                smi,
+                o1,
+                ctab,
+                bm,
+                cpt,
+                match,
+                mconf,
+                smap,
+                w,
+                w2,
+                wf,
+                a1,
+                a2,
+                a3,
+                a4,
+                params,
+            )
 
 
 @_jit
-def _node_lanes(nodes, active, out, *st):
+def _node_lanes(nodes, active, out, st):
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        last,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+    ) = st
     for b in range(nodes.shape[0]):
         if active[b]:
-            out[b] = _node_one(nodes[b], b, *st)
+            out[b] = _node_one(
+                nodes[b],
+                b,
+                hist,
+                lane,
+                pend,
+                tree,
+                last,
+                inputs,
+                pmix,
+                wsel,
+                psub,
+                smi,
+                o1,
+                ctab,
+                bm,
+                cpt,
+                match,
+                mconf,
+                smap,
+                w,
+                w2,
+                wf,
+                a1,
+                a2,
+                a3,
+                a4,
+                params,
+            )
 
 
 @_jit
-def _update_step(symbols, active, *st):
+def _update_step(symbols, active, st):
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        last,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+    ) = st
     for b in range(symbols.shape[0]):
         if active[b]:
-            _update_one(np.int64(symbols[b]), b, *st)
+            _update_one(
+                np.int64(symbols[b]),
+                b,
+                hist,
+                lane,
+                pend,
+                tree,
+                last,
+                inputs,
+                pmix,
+                wsel,
+                psub,
+                smi,
+                o1,
+                ctab,
+                bm,
+                cpt,
+                match,
+                mconf,
+                smap,
+                w,
+                w2,
+                wf,
+                a1,
+                a2,
+                a3,
+                a4,
+                params,
+            )
 
 
 @_jit
-def _encode_chunk(counts, symbols, active, out, *st):
+def _encode_chunk(counts, symbols, active, out, st):
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        last,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+    ) = st
     B, C = symbols.shape
     for c in range(C):  # lockstep: predict every lane at c, then learn in lane order
         for b in range(B):
             if active[b, c]:
-                _begin_one(counts[b, c], b, *st)
+                _begin_one(
+                    counts[b, c],
+                    b,
+                    hist,
+                    lane,
+                    pend,
+                    tree,
+                    last,
+                    inputs,
+                    pmix,
+                    wsel,
+                    psub,
+                    smi,
+                    o1,
+                    ctab,
+                    bm,
+                    cpt,
+                    match,
+                    mconf,
+                    smap,
+                    w,
+                    w2,
+                    wf,
+                    a1,
+                    a2,
+                    a3,
+                    a4,
+                    params,
+                )
                 sym = symbols[b, c]
                 for d in range(8):
                     n = (256 + sym) >> (8 - d)
-                    out[b, c, d] = _node_one(n, b, *st)
+                    out[b, c, d] = _node_one(
+                        n,
+                        b,
+                        hist,
+                        lane,
+                        pend,
+                        tree,
+                        last,
+                        inputs,
+                        pmix,
+                        wsel,
+                        psub,
+                        smi,
+                        o1,
+                        ctab,
+                        bm,
+                        cpt,
+                        match,
+                        mconf,
+                        smap,
+                        w,
+                        w2,
+                        wf,
+                        a1,
+                        a2,
+                        a3,
+                        a4,
+                        params,
+                    )
         for b in range(B):
             if active[b, c]:
-                _update_one(np.int64(symbols[b, c]), b, *st)
+                _update_one(
+                    np.int64(symbols[b, c]),
+                    b,
+                    hist,
+                    lane,
+                    pend,
+                    tree,
+                    last,
+                    inputs,
+                    pmix,
+                    wsel,
+                    psub,
+                    smi,
+                    o1,
+                    ctab,
+                    bm,
+                    cpt,
+                    match,
+                    mconf,
+                    smap,
+                    w,
+                    w2,
+                    wf,
+                    a1,
+                    a2,
+                    a3,
+                    a4,
+                    params,
+                )
 
 
 def begin(models: LaneModels, counts: np.ndarray, active: np.ndarray, lo: int = 0) -> None:
@@ -976,20 +1256,20 @@ def begin(models: LaneModels, counts: np.ndarray, active: np.ndarray, lo: int = 
     counts (n, 256) (active: (n,) bool). Reads the shared state and writes only these
     lanes', so threads may begin disjoint lane ranges at once (the kernel releases the
     GIL). Then predict() each of the byte's 8 binary decisions, then update()."""
-    _begin_lanes(counts, active, np.int64(lo), *models.arrays())
+    _begin_lanes(counts, active, np.int64(lo), models.arrays())
 
 
 def predict(models: LaneModels, nodes: np.ndarray, active: np.ndarray) -> np.ndarray:
     """Decoder side: p(bit = 1) in 1/65536 (B,) int64 of node nodes[b] of every active
     lane (0 for the others): the root 1 first, then 2n + bit down the byte's path."""
     out = np.zeros(nodes.shape[0], np.int64)
-    _node_lanes(nodes, active, out, *models.arrays())
+    _node_lanes(nodes, active, out, models.arrays())
     return out
 
 
 def update(models: LaneModels, symbols: np.ndarray, active: np.ndarray) -> None:
     """Decoder side: feed the bytes just decoded (B,) for the active lanes."""
-    _update_step(symbols, active, *models.arrays())
+    _update_step(symbols, active, models.arrays())
 
 
 def mix_chunk(models: LaneModels, counts: np.ndarray, symbols: np.ndarray, active: np.ndarray):
@@ -999,7 +1279,7 @@ def mix_chunk(models: LaneModels, counts: np.ndarray, symbols: np.ndarray, activ
     inactive positions); predicting and learning position by position exactly as the
     decoder does."""
     out = np.zeros((*symbols.shape, 8), np.int64)
-    _encode_chunk(counts, symbols, active, out, *models.arrays())
+    _encode_chunk(counts, symbols, active, out, models.arrays())
     return out
 
 

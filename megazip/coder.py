@@ -419,15 +419,21 @@ def _bit_tables(p1: np.ndarray) -> np.ndarray:
 def _decode_byte(dec, models, act, n) -> np.ndarray:
     """With the adaptive stage: the next byte of every active lane (n of B) from `dec`,
     decision by decision from the root, after adaptive.begin() of every lane; (n,) uint8."""
-    node = np.ones(len(act), np.int64)
+    every = n == len(act)
+    node = np.ones(len(act) if every else n, np.int64)
+    nodes = node if every else np.ones(len(act), np.int64)
     for _ in range(8):
-        p1 = adaptive_stage.predict(models, node, act)
-        y = _range_decode(dec, _bit_tables(p1 if n == len(act) else p1[act]))
-        if n == len(act):
-            node = 2 * node + y
+        p1 = adaptive_stage.predict(models, nodes, act)
+        try:
+            y = dec.decode(FAMILY, _bit_tables(p1 if every else p1[act]))
+        except (AssertionError, ValueError, RuntimeError, OverflowError):
+            raise CorruptStream("corrupt model stream") from None
+        node = 2 * node + y
+        if not every:
+            nodes[act] = node
         else:
-            node[act] = 2 * node[act] + y
-    return ((node if n == len(act) else node[act]) - 256).astype(np.uint8)
+            nodes = node
+    return (node - 256).astype(np.uint8)
 
 
 def _range_decode(dec, counts: np.ndarray) -> np.ndarray:
