@@ -231,10 +231,13 @@ HEAD_FIELDS = 16
 class LocalPack:
     """The local model's integers packed for local_step_fused: w (int8: every weight
     matrix, (K, N) row-major), i64 (multipliers, norm gains, tables, embeddings) and
-    layout (int64 offsets and scalars; see pack_local)."""
+    layout (int64 offsets and scalars; see pack_local); vw, vc: each weight matrix's
+    VNNI pack and column sums (layer by layer qkv, proj, fc, mlp_proj, then the head;
+    empty arrays where the CPU has no VNNI)."""
 
-    def __init__(self, w, i64, layout, kv_tail):
+    def __init__(self, w, i64, layout, kv_tail, vw, vc):
         self.w, self.i64, self.layout, self.kv_tail = w, i64, layout, kv_tail
+        self.vw, self.vc = vw, vc
 
 
 def pack_local(m) -> LocalPack:
@@ -242,6 +245,8 @@ def pack_local(m) -> LocalPack:
     ws: list[np.ndarray] = []
     ints: list[np.ndarray] = []
     sizes = [0, 0]
+    vw: list[np.ndarray] = []
+    vc: list[np.ndarray] = []
 
     def put_w(lin) -> int:
         off = sizes[0]
@@ -249,6 +254,11 @@ def pack_local(m) -> LocalPack:
         ws.append(w.reshape(-1))
         sizes[0] += w.size
         return off
+
+    def put_vnni(lin) -> None:
+        wp, cs = lin.vnni if lin.vnni is not None else (None, None)
+        vw.append(np.zeros((0, 0), np.int32) if wp is None else wp)
+        vc.append(np.zeros(0, np.int32) if cs is None else cs)
 
     def put_i(a) -> int:
         off = sizes[1]
@@ -281,9 +291,27 @@ def pack_local(m) -> LocalPack:
         layout[f + 16 : f + 20] = b.score_mult, b.score_shift, put_i(b.out_mult), b.out_shift
         layout[f + 20 : f + 22] = put_i(b.alibi), b.alibi.shape[1]
         layout[f + 22 : f + 24] = put_i(b.gelu), b.gelu.shape[0]
+        for lin in (b.qkv, b.proj, b.fc, b.mlp_proj):
+            put_vnni(lin)
+    put_vnni(m.head)
     w = np.concatenate(ws) if ws else np.zeros(0, np.int8)
     i64 = np.concatenate(ints) if ints else np.zeros(0, np.int64)
-    return LocalPack(w, i64, layout, (H, P, L // H))
+    return LocalPack(w, i64, layout, (H, P, L // H), tuple(vw), tuple(vc))
+
+
+@_jit
+def _gemm(x, w, off, K, N, vw, vc, acc):
+    """acc (M, N) float32 = x (M, K) int8 values @ the (K, N) int8 weights at w[off]:
+    with their VNNI pack (vw non-empty) the int8 GEMM (gemm_vnni, exact int32 sums of
+    magnitude below 2^24, so float32 holds them exactly), else gemm_i8. The same values."""
+    if vw.shape[0] == 0:
+        gemm_i8(x, _weights(w, off, K, N), acc)
+        return
+    tmp = np.empty((x.shape[0], N), np.int32)
+    gemm_vnni(x, vw, vc, tmp)
+    for m in range(x.shape[0]):
+        for n in range(N):
+            acc[m, n] = tmp[m, n]
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -375,12 +403,13 @@ def _counts_row(acc, mult, moff, shift, exp, total, N, out):
 
 
 @_jit
-def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, out):
+def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp, out_exp, out):
     """The whole local model for one byte of every lane (IntMegabyte.local_step): prev
     (B,) previous bytes (PAD_BYTE at a patch start), ctx (B, L) int64 slots of the
     global context, pos the byte's position in its patch; kc, vc (layers, B, H, P, hd)
     int8 caches of the patch's keys and values (position pos is written); counts (B,
-    256) int64 into out. Layer by layer, each GEMM over all lanes at once (gemm_i8)."""
+    256) int64 into out. Layer by layer, each GEMM over all lanes at once (_gemm: VNNI
+    where LocalPack has its packs vws, vcs)."""
     B = prev.shape[0]
     n_layers, L, F, H = layout[0], layout[1], layout[2], layout[3]
     hd = L // H
@@ -409,7 +438,7 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, 
     for li in range(n_layers):
         f = HEAD_FIELDS + LAYER_FIELDS * li
         # attention: q, k, v of this byte; k, v into the caches
-        gemm_i8(h, _weights(w, layout[f], L, 3 * L), aq)
+        _gemm(h, w, layout[f], L, 3 * L, vws[4 * li], vcs[4 * li], aq)
         moff, shift = layout[f + 4], layout[f + 8]
         half = np.int64(1) << (shift - 1)
         smult, sshift = layout[f + 16], layout[f + 17]
@@ -453,7 +482,7 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, 
                     c = hh * hd + j
                     r = (np.int64(qf[j]) * i64[omoff + c] + ohalf) >> oshift
                     y[b, c] = min(max(r, -127), 127)
-        gemm_i8(y, _weights(w, layout[f + 1], L, L), al)
+        _gemm(y, w, layout[f + 1], L, L, vws[4 * li + 1], vcs[4 * li + 1], al)
         c2 = i64[layout[f + 14] : layout[f + 14] + L]
         for b in range(B):
             _residual_norm_row(
@@ -468,7 +497,7 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, 
                 h[b],
             )
         # MLP
-        gemm_i8(h, _weights(w, layout[f + 2], L, F), af)
+        _gemm(h, w, layout[f + 2], L, F, vws[4 * li + 2], vcs[4 * li + 2], af)
         moff, shift = layout[f + 6], layout[f + 10]
         half = np.int64(1) << (shift - 1)
         goff, glen = layout[f + 22], layout[f + 23]
@@ -477,7 +506,7 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, 
             for j in range(F):
                 r = (np.int64(af[b, j]) * i64[moff + j] + half) >> shift
                 g[b, j] = i64[goff + min(max(r, -glim), glim) + glim]
-        gemm_i8(g, _weights(w, layout[f + 3], F, L), al)
+        _gemm(g, w, layout[f + 3], F, L, vws[4 * li + 3], vcs[4 * li + 3], al)
         if li + 1 < n_layers:
             nc, neps = layout[f + LAYER_FIELDS + 12], layout[f + LAYER_FIELDS + 13]
         else:
@@ -487,7 +516,7 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, attn_exp, out_exp, 
             _residual_norm_row(
                 x[b], al[b], i64, layout[f + 7], layout[f + 11], RESIDUAL_LIMIT, cn, neps, h[b]
             )
-    gemm_i8(h, _weights(w, layout[7], L, V), av)
+    _gemm(h, w, layout[7], L, V, vws[4 * n_layers], vcs[4 * n_layers], av)
     for b in range(B):
         _counts_row(av[b], i64, layout[8], layout[9], out_exp, COUNT_TOTAL, V, out[b])
 

@@ -39,8 +39,10 @@ from .modelspec import (
     SlidingKVCache,
 )
 
-FUSED_MAX_LANES = 2 if nbk.VNNI else 64  # local_step: one fused call up to this many lanes
-# (then layer by layer: with VNNI its int8 GEMMs win from 4 lanes on, without from ~64)
+FUSED_MAX_LANES = 8 if nbk.VNNI else 64  # local_step: one fused call up to this many lanes
+# (with VNNI GEMMs where the CPU has them), then layer by layer: with VNNI from ~12 lanes
+# on the layered kernels win (per step, 8 lanes: 0.091 fused vs 0.097 ms; 19: 0.201 vs
+# 0.187 ms), without VNNI from ~64
 SMALL_GEMM_ROWS = 64  # Linear: numba's int8-weight GEMM up to this many rows, then BLAS
 
 # numpy dtype -> the torch dtype name that IntMegabyte.content_hash writes
@@ -373,6 +375,8 @@ class NpMegabyte:
             f.w,
             f.i64,
             f.layout,
+            f.vw,
+            f.vc,
             self.attn_exp,
             self.out_exp,
             out,

@@ -209,16 +209,18 @@ def test_cpu_model_can_be_the_torch_one(monkeypatch):
         container.clear_model_cache()
 
 
+@pytest.mark.parametrize("fused_max", [2, 64])
 @pytest.mark.parametrize("vnni", [False, True])
-def test_tables_equal_with_and_without_the_vnni_gemm(monkeypatch, vnni):
+def test_tables_equal_with_and_without_the_vnni_gemm(monkeypatch, vnni, fused_max):
     """Where the CPU has AVX-512 VNNI the linears use the int8 GEMM (nbkernels.
-    gemm_vnni); without it numba's float32 GEMM or BLAS: the same tables."""
+    gemm_vnni), also inside the fused local step; without it numba's float32 GEMM or
+    BLAS: the same tables, layer by layer (fused_max 2) and fused (64)."""
     from megazip import nbkernels
 
     if vnni and not nbkernels.VNNI:
         pytest.skip("this CPU has no AVX-512 VNNI")
     monkeypatch.setattr(nbkernels, "VNNI", vnni)
-    monkeypatch.setattr(npmodel, "FUSED_MAX_LANES", 2)
+    monkeypatch.setattr(npmodel, "FUSED_MAX_LANES", fused_max)
     int_model = saturate(random_int_model(5, 1.0), "checker")
     lanes = kinds_lanes(WINDOW_BYTES + 4 * P)
     check(int_model, lanes, chunks=(3, 64))
