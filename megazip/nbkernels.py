@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .modelspec import COUNT_TOTAL, PROB_BITS, RESIDUAL_LIMIT
+from .modelspec import COUNT_TOTAL, RESIDUAL_LIMIT
 
 _jit = nb.njit(cache=True, nogil=True, fastmath=False)
 
@@ -414,7 +414,6 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp,
     n_layers, L, F, H = layout[0], layout[1], layout[2], layout[3]
     hd = L // H
     V = layout[10]
-    E = attn_exp.shape[0] - 1
     x = np.empty((B, L), np.int64)
     h = np.empty((B, L), np.float32)
     y = np.empty((B, L), np.float32)
@@ -423,8 +422,8 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp,
     al = np.empty((B, L), np.float32)
     af = np.empty((B, F), np.float32)
     av = np.empty((B, V), np.float32)
-    qf = np.empty(hd, np.float32)
-    wts = np.empty(pos + 1, np.int64)
+    q = np.empty((B, H, 1, hd), np.int8)
+    y3 = y.reshape(B, 1, L)
     f0 = HEAD_FIELDS
     c1 = i64[layout[f0 + 12] : layout[f0 + 12] + L]
     for b in range(B):
@@ -442,9 +441,7 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp,
         moff, shift = layout[f + 4], layout[f + 8]
         half = np.int64(1) << (shift - 1)
         smult, sshift = layout[f + 16], layout[f + 17]
-        shalf = np.int64(1) << (sshift - 1)
         omoff, oshift = layout[f + 18], layout[f + 19]
-        ohalf = np.int64(1) << (oshift - 1)
         aoff, awidth = layout[f + 20], layout[f + 21]
         for b in range(B):
             a = aq[b]
@@ -452,36 +449,16 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp,
                 r = (np.int64(a[j]) * i64[moff + j] + half) >> shift
                 a[j] = min(max(r, -127), 127)
             for hh in range(H):
-                kr, vr = kc[li, b, hh], vc[li, b, hh]
                 for j in range(hd):
-                    qf[j] = a[hh * hd + j]
-                    kr[pos, j] = np.int8(a[L + hh * hd + j])
-                    vr[pos, j] = np.int8(a[2 * L + hh * hd + j])
-                top = np.int64(-(1 << 62))
-                for s in range(pos + 1):
-                    sc = np.float32(0.0)  # |q.k| < 2^24: exact
-                    for j in range(hd):
-                        sc += qf[j] * np.float32(kr[s, j])
-                    d = min(pos - s, awidth - 1)
-                    logit = ((np.int64(sc) * smult + shalf) >> sshift) - i64[aoff + hh * awidth + d]
-                    wts[s] = logit
-                    top = max(top, logit)
-                den = np.int64(0)
-                for s in range(pos + 1):
-                    e = attn_exp[min(top - wts[s], E)]
-                    wts[s] = e
-                    den += e
-                for j in range(hd):
-                    qf[j] = 0.0  # now the output accumulator of this head
-                inv = 1.0 / np.float64(den)
-                for s in range(pos + 1):
-                    p = np.float32(_floordiv((wts[s] << PROB_BITS) + den // 2, den, inv))
-                    for j in range(hd):
-                        qf[j] += p * np.float32(vr[s, j])
-                for j in range(hd):
-                    c = hh * hd + j
-                    r = (np.int64(qf[j]) * i64[omoff + c] + ohalf) >> oshift
-                    y[b, c] = min(max(r, -127), 127)
+                    q[b, hh, 0, j] = np.int8(a[hh * hd + j])
+                    kc[li, b, hh, pos, j] = np.int8(a[L + hh * hd + j])
+                    vc[li, b, hh, pos, j] = np.int8(a[2 * L + hh * hd + j])
+        alibi = i64[aoff : aoff + H * awidth].reshape(H, awidth)
+        omult = i64[omoff : omoff + L]
+        # the patch's keys 0..pos, no window: the layered path's kernel, the same integers
+        _nb_attend(
+            q, kc[li], vc[li], 0, pos + 1, smult, sshift, alibi, 0, attn_exp, omult, oshift, y3
+        )
         _gemm(y, w, layout[f + 1], L, L, vws[4 * li + 1], vcs[4 * li + 1], al)
         c2 = i64[layout[f + 14] : layout[f + 14] + L]
         for b in range(B):
