@@ -966,3 +966,16 @@ def test_a_zstd_payload_claiming_a_huge_size_costs_no_memory(trained):
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak
+
+
+def test_blas_runs_one_thread_while_coding_and_the_callers_setting_comes_back():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with container.blas_one_thread():
+        inside = blas_threads()
+    assert inside and all(n == 1 for n in inside), inside
+    assert blas_threads() == before
