@@ -1001,7 +1001,7 @@ def _begin_lanes(counts, active, lo, st):
 
 
 @_jit
-def _node_lanes(nodes, active, out, st):
+def _node_tables(nodes, bits, active, table, st):
     (
         hist,
         lane,
@@ -1029,9 +1029,12 @@ def _node_lanes(nodes, active, out, st):
         a4,
         params,
     ) = st
+    i = 0
     for b in range(nodes.shape[0]):
         if active[b]:
-            out[b] = _node_one(
+            if bits.shape[0]:  # the child the last decision chose
+                nodes[b] = 2 * nodes[b] + bits[i]
+            p = _node_one(
                 nodes[b],
                 b,
                 hist,
@@ -1060,6 +1063,9 @@ def _node_lanes(nodes, active, out, st):
                 a4,
                 params,
             )
+            table[i, 0] = 65536 - p
+            table[i, 1] = p
+            i += 1
 
 
 @_jit
@@ -1262,9 +1268,19 @@ def begin(models: LaneModels, counts: np.ndarray, active: np.ndarray, lo: int = 
 def predict(models: LaneModels, nodes: np.ndarray, active: np.ndarray) -> np.ndarray:
     """Decoder side: p(bit = 1) in 1/65536 (B,) int64 of node nodes[b] of every active
     lane (0 for the others): the root 1 first, then 2n + bit down the byte's path."""
+    table = np.empty((int(np.count_nonzero(active)), 2), np.float64)
+    predict_table(models, nodes, np.zeros(0, np.int64), active, table)
     out = np.zeros(nodes.shape[0], np.int64)
-    _node_lanes(nodes, active, out, models.arrays())
+    out[active] = table[:, 1]
     return out
+
+
+def predict_table(models, nodes, bits, active, table) -> None:
+    """Decoder side, predict() as the range coder's table: with bits (the last decisions
+    of the m active lanes, in lane order; empty at the root) each active lane's node
+    first moves to its child (nodes (B,) int64, in place), then row i of `table` (m, 2)
+    float64 becomes (65536 - p, p) of the i-th active lane's node."""
+    _node_tables(nodes, bits, active, table, models.arrays())
 
 
 def update(models: LaneModels, symbols: np.ndarray, active: np.ndarray) -> None:

@@ -419,21 +419,19 @@ def _bit_tables(p1: np.ndarray) -> np.ndarray:
 def _decode_byte(dec, models, act, n) -> np.ndarray:
     """With the adaptive stage: the next byte of every active lane (n of B) from `dec`,
     decision by decision from the root, after adaptive.begin() of every lane; (n,) uint8."""
-    every = n == len(act)
-    node = np.ones(len(act) if every else n, np.int64)
-    nodes = node if every else np.ones(len(act), np.int64)
+    nodes = np.ones(len(act), np.int64)
+    table = np.empty((n, 2), np.float64)
+    bits = _NO_BITS
     for _ in range(8):
-        p1 = adaptive_stage.predict(models, nodes, act)
+        adaptive_stage.predict_table(models, nodes, bits, act, table)
         try:
-            y = dec.decode(FAMILY, _bit_tables(p1 if every else p1[act]))
+            bits = dec.decode(FAMILY, table)
         except (AssertionError, ValueError, RuntimeError, OverflowError):
             raise CorruptStream("corrupt model stream") from None
-        node = 2 * node + y
-        if not every:
-            nodes[act] = node
-        else:
-            nodes = node
-    return (node - 256).astype(np.uint8)
+    return (2 * nodes[act] + bits - 256).astype(np.uint8)
+
+
+_NO_BITS = np.zeros(0, np.int32)  # the root has no decision above it
 
 
 def _range_decode(dec, counts: np.ndarray) -> np.ndarray:
