@@ -299,21 +299,6 @@ def pack_local(m) -> LocalPack:
     return LocalPack(w, i64, layout, (H, P, L // H), tuple(vw), tuple(vc))
 
 
-@_jit
-def _gemm(x, w, off, K, N, vw, vc, acc):
-    """acc (M, N) float32 = x (M, K) int8 values @ the (K, N) int8 weights at w[off]:
-    with their VNNI pack (vw non-empty) the int8 GEMM (gemm_vnni, exact int32 sums of
-    magnitude below 2^24, so float32 holds them exactly), else gemm_i8. The same values."""
-    if vw.shape[0] == 0:
-        gemm_i8(x, _weights(w, off, K, N), acc)
-        return
-    tmp = np.empty((x.shape[0], N), np.int32)
-    gemm_vnni(x, vw, vc, tmp)
-    for m in range(x.shape[0]):
-        for n in range(N):
-            acc[m, n] = tmp[m, n]
-
-
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def gemm_i8(x, W, acc):
     """acc (M, N) float32 = x (M, K) float32 integers @ W (K, N) int8, exact for K <=
@@ -357,21 +342,6 @@ def _weights(w, off, K, N):
 
 
 @_jit
-def _residual_norm_row(x, acc, mult, moff, shift, limit, c, eps, ho):
-    """x += requant(acc) (both clamped to the residual limit), ho = norm(x)."""
-    N = x.shape[0]
-    half = np.int64(1) << (shift - 1)
-    ss = np.int64(0)
-    for j in range(N):
-        y = (np.int64(acc[j]) * mult[moff + j] + half) >> shift
-        y = min(max(y, -limit), limit) + x[j]
-        y = min(max(y, -limit), limit)
-        x[j] = y
-        ss += y * y
-    _norm_row(x, ss, c, eps, ho)
-
-
-@_jit
 def _counts_row(acc, mult, moff, shift, exp, total, N, out):
     """The N counts of one row of logits acc (requantized by mult[moff:], then an integer
     softmax): every count >= 1, their sum exactly `total`, the remainder to the largest
@@ -403,99 +373,86 @@ def _counts_row(acc, mult, moff, shift, exp, total, N, out):
 
 
 @_jit
+def _gemm32(x, w, off, K, N, vw, vc, out):
+    """out (M, N) int32 = x (M, K) int8 values @ the (K, N) int8 weights at w[off]: with
+    their VNNI pack (vw non-empty) gemm_vnni, else gemm_i8 (exact float32 sums of
+    magnitude below 2^24, converted). The same integers either way."""
+    if vw.shape[0] != 0:
+        gemm_vnni(x, vw, vc, out)
+        return
+    acc = np.empty((x.shape[0], N), np.float32)
+    gemm_i8(x, _weights(w, off, K, N), acc)
+    for m in range(x.shape[0]):
+        for n in range(N):
+            out[m, n] = np.int32(acc[m, n])
+
+
+@_jit
 def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp, out_exp, out):
-    """The whole local model for one byte of every lane (IntMegabyte.local_step): prev
-    (B,) previous bytes (PAD_BYTE at a patch start), ctx (B, L) int64 slots of the
-    global context, pos the byte's position in its patch; kc, vc (layers, B, H, P, hd)
-    int8 caches of the patch's keys and values (position pos is written); counts (B,
-    256) int64 into out. Layer by layer, each GEMM over all lanes at once (_gemm: VNNI
-    where LocalPack has its packs vws, vcs)."""
+    """The whole local model for one byte of every lane (IntMegabyte.local_step) in one
+    call: prev (B,) previous bytes (PAD_BYTE at a patch start), ctx (B, L) int64 slots of
+    the global context, pos the byte's position in its patch; kc, vc (layers, B, H, P,
+    hd) int8 caches of the patch's keys and values (position pos is written); counts
+    (B, 256) int64 into out. Layer by layer over all lanes with the layered path's own
+    kernels (_nb_qkv_to_cache, _nb_attend, _nb_residual_norm, _nb_gelu, _nb_counts) and
+    int8 GEMMs (_gemm32: VNNI where LocalPack has its packs vws, vcs): the same integers,
+    without a Python call per kernel."""
     B = prev.shape[0]
     n_layers, L, F, H = layout[0], layout[1], layout[2], layout[3]
     hd = L // H
     V = layout[10]
     x = np.empty((B, L), np.int64)
+    xo = np.empty((B, L), np.int64)
     h = np.empty((B, L), np.float32)
-    y = np.empty((B, L), np.float32)
+    y = np.empty((B, 1, L), np.float32)
+    yl = y.reshape(B, L)
     g = np.empty((B, F), np.float32)
-    aq = np.empty((B, 3 * L), np.float32)
-    al = np.empty((B, L), np.float32)
-    af = np.empty((B, F), np.float32)
-    av = np.empty((B, V), np.float32)
+    aq = np.empty((B, 3 * L), np.int32)
+    aq3 = aq.reshape(B, 1, 3 * L)
+    al = np.empty((B, L), np.int32)
+    af = np.empty((B, F), np.int32)
+    av = np.empty((B, V), np.int32)
     q = np.empty((B, H, 1, hd), np.int8)
-    y3 = y.reshape(B, 1, L)
-    f0 = HEAD_FIELDS
-    c1 = i64[layout[f0 + 12] : layout[f0 + 12] + L]
     for b in range(B):
         e0 = layout[4] + prev[b] * L
-        ss = np.int64(0)
         for j in range(L):
-            v = i64[e0 + j] + ctx[b, j]
-            x[b, j] = v
-            ss += v * v
-        _norm_row(x[b], ss, c1, layout[f0 + 13], h[b])
+            x[b, j] = i64[e0 + j] + ctx[b, j]
+    f0 = HEAD_FIELDS
+    _nb_norm(x, i64[layout[f0 + 12] : layout[f0 + 12] + L], layout[f0 + 13], h)
     for li in range(n_layers):
         f = HEAD_FIELDS + LAYER_FIELDS * li
-        # attention: q, k, v of this byte; k, v into the caches
-        _gemm(h, w, layout[f], L, 3 * L, vws[4 * li], vcs[4 * li], aq)
-        moff, shift = layout[f + 4], layout[f + 8]
-        half = np.int64(1) << (shift - 1)
-        smult, sshift = layout[f + 16], layout[f + 17]
-        omoff, oshift = layout[f + 18], layout[f + 19]
+        _gemm32(h, w, layout[f], L, 3 * L, vws[4 * li], vcs[4 * li], aq)
+        qkv_mult = i64[layout[f + 4] : layout[f + 4] + 3 * L]
+        _nb_qkv_to_cache(aq3, qkv_mult, layout[f + 8], kc[li], vc[li], pos, q)
         aoff, awidth = layout[f + 20], layout[f + 21]
-        for b in range(B):
-            a = aq[b]
-            for j in range(3 * L):
-                r = (np.int64(a[j]) * i64[moff + j] + half) >> shift
-                a[j] = min(max(r, -127), 127)
-            for hh in range(H):
-                for j in range(hd):
-                    q[b, hh, 0, j] = np.int8(a[hh * hd + j])
-                    kc[li, b, hh, pos, j] = np.int8(a[L + hh * hd + j])
-                    vc[li, b, hh, pos, j] = np.int8(a[2 * L + hh * hd + j])
         alibi = i64[aoff : aoff + H * awidth].reshape(H, awidth)
-        omult = i64[omoff : omoff + L]
-        # the patch's keys 0..pos, no window: the layered path's kernel, the same integers
+        omult = i64[layout[f + 18] : layout[f + 18] + L]
+        smult, sshift, oshift = layout[f + 16], layout[f + 17], layout[f + 19]
         _nb_attend(
-            q, kc[li], vc[li], 0, pos + 1, smult, sshift, alibi, 0, attn_exp, omult, oshift, y3
+            q, kc[li], vc[li], 0, pos + 1, smult, sshift, alibi, 0, attn_exp, omult, oshift, y
         )
-        _gemm(y, w, layout[f + 1], L, L, vws[4 * li + 1], vcs[4 * li + 1], al)
+        _gemm32(yl, w, layout[f + 1], L, L, vws[4 * li + 1], vcs[4 * li + 1], al)
+        pmult = i64[layout[f + 5] : layout[f + 5] + L]
         c2 = i64[layout[f + 14] : layout[f + 14] + L]
-        for b in range(B):
-            _residual_norm_row(
-                x[b],
-                al[b],
-                i64,
-                layout[f + 5],
-                layout[f + 9],
-                RESIDUAL_LIMIT,
-                c2,
-                layout[f + 15],
-                h[b],
-            )
+        _nb_residual_norm(x, al, pmult, layout[f + 9], RESIDUAL_LIMIT, c2, layout[f + 15], xo, h)
+        x, xo = xo, x
         # MLP
-        _gemm(h, w, layout[f + 2], L, F, vws[4 * li + 2], vcs[4 * li + 2], af)
-        moff, shift = layout[f + 6], layout[f + 10]
-        half = np.int64(1) << (shift - 1)
-        goff, glen = layout[f + 22], layout[f + 23]
-        glim = (glen - 1) // 2
-        for b in range(B):
-            for j in range(F):
-                r = (np.int64(af[b, j]) * i64[moff + j] + half) >> shift
-                g[b, j] = i64[goff + min(max(r, -glim), glim) + glim]
-        _gemm(g, w, layout[f + 3], F, L, vws[4 * li + 3], vcs[4 * li + 3], al)
+        _gemm32(h, w, layout[f + 2], L, F, vws[4 * li + 2], vcs[4 * li + 2], af)
+        fmult = i64[layout[f + 6] : layout[f + 6] + F]
+        gelu = i64[layout[f + 22] : layout[f + 22] + layout[f + 23]]
+        _nb_gelu(af, fmult, layout[f + 10], gelu, g)
+        _gemm32(g, w, layout[f + 3], F, L, vws[4 * li + 3], vcs[4 * li + 3], al)
         if li + 1 < n_layers:
             nc, neps = layout[f + LAYER_FIELDS + 12], layout[f + LAYER_FIELDS + 13]
         else:
             nc, neps = layout[5], layout[6]
-        cn = i64[nc : nc + L]
-        for b in range(B):
-            _residual_norm_row(
-                x[b], al[b], i64, layout[f + 7], layout[f + 11], RESIDUAL_LIMIT, cn, neps, h[b]
-            )
-    _gemm(h, w, layout[7], L, V, vws[4 * n_layers], vcs[4 * n_layers], av)
-    for b in range(B):
-        _counts_row(av[b], i64, layout[8], layout[9], out_exp, COUNT_TOTAL, V, out[b])
+        mmult = i64[layout[f + 7] : layout[f + 7] + L]
+        _nb_residual_norm(
+            x, al, mmult, layout[f + 11], RESIDUAL_LIMIT, i64[nc : nc + L], neps, xo, h
+        )
+        x, xo = xo, x
+    _gemm32(h, w, layout[7], L, V, vws[4 * n_layers], vcs[4 * n_layers], av)
+    _nb_counts(av, i64[layout[8] : layout[8] + V], layout[9], out_exp, COUNT_TOTAL, out)
 
 
 # ------------------------------------------------------------- int8 GEMM with AVX-512 VNNI

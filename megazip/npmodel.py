@@ -39,10 +39,10 @@ from .modelspec import (
     SlidingKVCache,
 )
 
-FUSED_MAX_LANES = 8 if nbk.VNNI else 64  # local_step: one fused call up to this many lanes
-# (with VNNI GEMMs where the CPU has them), then layer by layer: with VNNI from ~12 lanes
-# on the layered kernels win (per step, 8 lanes: 0.091 fused vs 0.097 ms; 19: 0.201 vs
-# 0.187 ms), without VNNI from ~64
+FUSED_MAX_LANES = (1 << 30) if nbk.VNNI else 64  # local_step: one compiled call for all
+# layers up to this many lanes (the layered path's kernels without a Python call each:
+# per step 0.078 vs 0.101 ms at 19 lanes, 0.234 vs 0.261 ms at 64), then layer by layer,
+# which without VNNI takes BLAS from 64 rows on
 SMALL_GEMM_ROWS = 64  # Linear: numba's int8-weight GEMM up to this many rows, then BLAS
 
 # numpy dtype -> the torch dtype name that IntMegabyte.content_hash writes

@@ -58,10 +58,12 @@ def test_tables_equal_the_reference_on_worst_case_inputs(seed, scale):
     check(random_int_model(seed, scale), kinds_lanes(WINDOW_BYTES + 8 * P))
 
 
-@pytest.mark.parametrize("lanes", [1, 3, npmodel.FUSED_MAX_LANES, npmodel.FUSED_MAX_LANES + 1, 17])
-def test_every_batch_size_both_local_steps(lanes):
+@pytest.mark.parametrize("fused_max", [2, 1 << 30])
+@pytest.mark.parametrize("lanes", [1, 3, 17, 65])
+def test_every_batch_size_both_local_steps(monkeypatch, lanes, fused_max):
     """Up to FUSED_MAX_LANES lanes the decoder's local step is one fused call, beyond it
-    layer by layer: both equal the reference, byte by byte."""
+    layer by layer: both equal the reference, byte by byte, at every batch size."""
+    monkeypatch.setattr(npmodel, "FUSED_MAX_LANES", fused_max)
     rng = np.random.default_rng(lanes)
     x = rng.integers(0, 256, (lanes, 6 * P), dtype=np.int64)
     x[0] = list(word_text(lanes, 6 * P))
