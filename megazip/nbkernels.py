@@ -179,10 +179,9 @@ def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_s
                 for j in range(hd):
                     qf[j] = q[b, h, t, j]
                 for s in range(first, pos + 1):
-                    kr = kb[lo + s]
                     acc = np.float32(0.0)  # |q.k| <= hd * 128 * 128 < 2^24: exact
                     for j in range(hd):
-                        acc += qf[j] * np.float32(kr[j])
+                        acc += qf[j] * np.float32(kb[lo + s, j])
                     sc[s] = acc
                 top = np.int64(-(1 << 62))
                 for s in range(first, pos + 1):
@@ -200,9 +199,8 @@ def _nb_attend(q, k, v, lo, hi, mult, shift, alibi, window, exp, out_mult, out_s
                 inv = 1.0 / np.float64(den)
                 for s in range(first, pos + 1):
                     p = np.float32(_floordiv((w[s] << 15) + den // 2, den, inv))  # <= 2^15
-                    vr = vb[lo + s]
                     for j in range(hd):  # |y| <= (2^15 + S) * 128 < 2^24: exact
-                        y[j] += p * np.float32(vr[j])
+                        y[j] += p * np.float32(vb[lo + s, j])
                 for j in range(hd):
                     c = h * hd + j
                     r = (np.int64(y[j]) * out_mult[c] + ohalf) >> out_shift
