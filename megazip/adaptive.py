@@ -31,10 +31,11 @@ rate 1 / (n + 1.5)):
   signals it in the stream, so every lane uses it from its first byte; with r = 0 each
   lane still detects its own from recurring byte distances;
 
-mixed in the logistic ("stretch") domain by two single-layer networks with integer
+mixed in the logistic ("stretch") domain by three single-layer networks with integer
 weights learned online, one with weight sets selected by (node, match state, record),
-the other by (confirmed orders, depth, match state, record, class of the last byte or
-which column predictions held), combined by a final mixer per node; then refined by
+the second by (confirmed orders, depth, match state, record, class of the last byte or
+which column predictions held), the third by (last byte, depth), combined by a final
+mixer per node; then refined by
 adaptive probability maps (APM/SSE) selected by the node, by (node, previous byte), by
 a hash of (node, previous two bytes) and, with a record length, by (node, byte above).
 The result, p(bit = 1) in 1/65536 (1..65535), codes the decision; only the 8 nodes of
@@ -97,13 +98,16 @@ N_IN_TEXT = IN_H0 + K_TEXT
 # second mixer's weight sets: (confirmed orders, depth, match, record, class of the last byte
 # or, in a record lane, which column predictions held for it)
 N_SEL2 = 5 * 8 * 3 * 2 * 4
+N_SEL3 = 256 * 8  # the third mixer's weight sets (last byte, depth), after the second's in w2
+N_MIX = 3
 RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
 LONG_MATCH = 16
 MIX_SHIFT = 16  # weights: 1.0 = 2^16
-FINAL_SHIFT = 13  # the final mixer's learning rate (as LR_SHIFT)
+FINAL_INIT = (26214, 26214, 13107)  # the final mixer's initial weights (0.4, 0.4, 0.2)
+FINAL_SHIFT = 14  # the final mixer's learning rate (as LR_SHIFT; 13: kennedy.xls +5 %)
 LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
 LR_HALF = 256  # the rate of a weight set falls as 1 / (1 + n / LR_HALF) after n updates
 LR_FLOOR = 16  # ... down to 1 / LR_FLOOR
@@ -251,8 +255,8 @@ class LaneModels:
         # mixers' outputs, the counter-map knots used
         self.inputs = np.zeros((lanes, 8, N_IN), np.int32)
         self.pmix = np.zeros((lanes, 8), np.int32)
-        self.wsel = np.zeros((lanes, 2, 8), np.int32)
-        self.psub = np.zeros((lanes, 2, 8), np.int32)
+        self.wsel = np.zeros((lanes, N_MIX, 8), np.int32)
+        self.psub = np.zeros((lanes, N_MIX, 8), np.int32)
         self.smi = np.full((lanes, 8, N_HASHED), -1, np.int16)
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
         self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
@@ -267,11 +271,12 @@ class LaneModels:
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
-        w2 = np.zeros((N_SEL2, N_IN + 1), np.int64)
+        w2 = np.zeros((N_SEL2 + N_SEL3, N_IN + 1), np.int64)
         w2[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights2 = w2
-        wf = np.zeros((256, 3), np.int64)  # the final mixer of the two, per node
-        wf[:, :2] = 1 << (MIX_SHIFT - 1)
+        wf = np.zeros((256, N_MIX + 1), np.int64)  # the final mixer of the three, per node
+        wf[:, :N_MIX] = FINAL_INIT
+
         self.final = wf
         knots = (SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20) + APM_INIT
         self.apm1 = np.tile(knots, (256, 1))
@@ -599,20 +604,28 @@ def _node_one(
     sel2 = (((pb[P_OC] * 8 + d) * 3 + st) * 2 + (1 if rec else 0)) * 4 + pb[P_CCLS]
     wsel[b, 0, d] = sel
     wsel[b, 1, d] = sel2
+    sel3 = N_SEL2 + c1 * 8 + d
+    wsel[b, 2, d] = sel3
     ws = w[sel]
     ws2 = w2[sel2]
+    ws3 = w2[sel3]
     dot = np.int64(0)
     dot2 = np.int64(0)
-    for i in range(ni):
-        xi = np.int64(x[i])
-        dot += ws[i] * xi
-        dot2 += ws2[i] * xi
+    dot3 = np.int64(0)
+    if True:
+        for i in range(ni):
+            xi = np.int64(x[i])
+            dot += ws[i] * xi
+            dot2 += ws2[i] * xi
+            dot3 += ws3[i] * xi
     p1 = _sq(dot >> MIX_SHIFT)
     p2 = _sq(dot2 >> MIX_SHIFT)
+    p3 = _sq(dot3 >> MIX_SHIFT)
     psub[b, 0, d] = p1
     psub[b, 1, d] = p2
+    psub[b, 2, d] = p3
     wn = wf[n]
-    pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2]) >> MIX_SHIFT)
+    pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2] + wn[2] * STRETCH[p3]) >> MIX_SHIFT)
     if off & OFF_MIXER2:
         pm = p1
     pmix[b, d] = pm
@@ -778,10 +791,10 @@ def _update_one(
             r = np.int64(smi[b, d, k])
             if r >= 0:
                 smap[r] = _learn_sm(smap[r], y)
-        # the two mixers, each toward the bit from its own output, then the final one
+        # the three mixers, each toward the bit from its own output, then the final one
         two = (params[1] & OFF_MIXER2) == 0
-        for m in range(2 if two else 1):
-            ws = w[wsel[b, 0, d]] if m == 0 else w2[wsel[b, 1, d]]
+        for m in range(N_MIX if two else 1):
+            ws = w[wsel[b, 0, d]] if m == 0 else w2[wsel[b, m, d]]
             err = (y << 16) - np.int64(psub[b, m, d])
             cnt = ws[N_IN]
             err = (err * LR_DECAY[cnt]) >> 16
@@ -790,12 +803,12 @@ def _update_one(
                 ws[i] += (np.int64(inputs[b, d, i]) * err) >> LR_SHIFT
         wn = wf[n]
         err = (y << 16) - pm
-        cnt = wn[2]
+        cnt = wn[N_MIX]
         err = (err * LR_DECAY[cnt]) >> 16
-        wn[2] = min(cnt + 1, LR_STEPS) if two else cnt
+        wn[N_MIX] = min(cnt + 1, LR_STEPS) if two else cnt
         if two:
-            wn[0] += (STRETCH[psub[b, 0, d]] * err) >> FINAL_SHIFT
-            wn[1] += (STRETCH[psub[b, 1, d]] * err) >> FINAL_SHIFT
+            for m in range(N_MIX):
+                wn[m] += (STRETCH[psub[b, m, d]] * err) >> FINAL_SHIFT
         # APMs: move the two knots around p toward the bit
         k1, f1 = _apm_idx(pm)
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
