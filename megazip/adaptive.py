@@ -36,7 +36,8 @@ weights learned online, one with weight sets selected by (node, match state, rec
 the second by (confirmed orders, depth, match state, record, class of the last byte or
 which column predictions held), the third by (last byte, depth), combined by a final
 mixer per node; then refined by
-adaptive probability maps (APM/SSE) selected by the node, by (node, previous byte), by
+adaptive probability maps (APM/SSE) selected by (node, match state: whether the match
+predicts this node, its length bucket and expected bit), by (node, previous byte), by
 a hash of (node, previous two bytes) and, with a record length, by (node, byte above).
 The result, p(bit = 1) in 1/65536 (1..65535), codes the decision; only the 8 nodes of
 the byte's path are ever computed (version 5 computed all 255 to give the coder a table
@@ -189,6 +190,12 @@ for _i, _lo in enumerate((1, 2, 3, 4, 5, 7, 10, 15, 23, 36, 61, 121)):
     SM_CB[_lo:] = _i
 
 
+# match length -> bucket for the first APM: 0-11, 12-15, 16-23, 24-31, 32
+MLEN_BUCKET = np.zeros(MAX_LEN + 1, np.int64)
+for _i, _lo in enumerate((0, 12, 16, 24, 32)):
+    MLEN_BUCKET[_lo:] = _i
+N_MROW = 11
+
 # classes of the last byte for the second mixer: letters, white space, digits and ASCII
 # punctuation, others
 BYTE_CLASS = np.full(256, 3, np.int64)
@@ -279,7 +286,7 @@ class LaneModels:
 
         self.final = wf
         knots = (SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20) + APM_INIT
-        self.apm1 = np.tile(knots, (256, 1))
+        self.apm1 = np.tile(knots, (256 * N_MROW, 1))
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256, 1))
         self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
@@ -399,6 +406,15 @@ def _pred_state(e, n, d):
     if e >= 0 and ((256 + e) >> (8 - d)) == n:
         return (e >> (7 - d)) & 1
     return 2
+
+
+@_jit
+def _mrow(e, mlen, n, d):
+    """The match state of node n (depth d) for the first APM: 0 without an expected byte
+    e on this node, else 1 + 2 * (length bucket) + e's bit."""
+    if e < 0 or ((256 + e) >> (8 - d)) != n:
+        return 0
+    return 1 + 2 * MLEN_BUCKET[min(mlen, MAX_LEN)] + ((e >> (7 - d)) & 1)
 
 
 @_jit
@@ -633,7 +649,8 @@ def _node_one(
     k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
     f1 = sv - (k1 << APM_SHIFT)
     g1 = APM_STEP - f1
-    q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    r = n * N_MROW + _mrow(e, lane[b, L_MLEN], n, d)
+    q1 = ((a1[r, k1] >> 16) * g1 + (a1[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
     r = r0 + n
     q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
     q3 = 0
@@ -812,7 +829,8 @@ def _update_one(
         # APMs: move the two knots around p toward the bit
         k1, f1 = _apm_idx(pm)
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
-        a1[n, k1] = _learn_apm(a1[n, k1], y)
+        r = n * N_MROW + _mrow(e, mlen, n, d)
+        a1[r, k1] = _learn_apm(a1[r, k1], y)
         r = n + (c1 << 8)
         a2[r, k1] = _learn_apm(a2[r, k1], y)
         if rec:
