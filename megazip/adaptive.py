@@ -31,11 +31,11 @@ rate 1 / (n + 1.5)):
   signals it in the stream, so every lane uses it from its first byte; with r = 0 each
   lane still detects its own from recurring byte distances;
 
-mixed in the logistic ("stretch") domain by three single-layer networks with integer
+mixed in the logistic ("stretch") domain by four single-layer networks with integer
 weights learned online, one with weight sets selected by (node, match state, record),
 the second by (confirmed orders, depth, match state, record, class of the last byte or
-which column predictions held), the third by (last byte, depth), combined by a final
-mixer per node; then refined by
+which column predictions held), the third by (last byte, depth), the fourth by (byte
+before the last, depth), combined by a final mixer per node; then refined by
 adaptive probability maps (APM/SSE) selected by (node, match state: whether the match
 predicts this node, its length bucket and expected bit), by (node, previous byte), by
 a hash of (node, previous two bytes) and, with a record length, by (node, byte above).
@@ -100,14 +100,16 @@ N_IN_TEXT = IN_H0 + K_TEXT
 # or, in a record lane, which column predictions held for it)
 N_SEL2 = 5 * 8 * 3 * 2 * 4
 N_SEL3 = 256 * 8  # the third mixer's weight sets (last byte, depth), after the second's in w2
-N_MIX = 3
+N_SEL4 = 256 * 8  # the fourth's: (byte t - 2, depth), after the third's
+N_MIX = 4
+MATCH_INIT = 1 << 16  # mixers 3 and 4: the initial weight of the match input
 RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
 LONG_MATCH = 16
 MIX_SHIFT = 16  # weights: 1.0 = 2^16
-FINAL_INIT = (26214, 26214, 13107)  # the final mixer's initial weights (0.4, 0.4, 0.2)
+FINAL_INIT = (19661, 19661, 13107, 13107)  # the final mixer's initial weights (0.3, 0.3, 0.2, 0.2)
 FINAL_SHIFT = 14  # the final mixer's learning rate (as LR_SHIFT; 13: kennedy.xls +5 %)
 LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
 LR_HALF = 256  # the rate of a weight set falls as 1 / (1 + n / LR_HALF) after n updates
@@ -278,8 +280,9 @@ class LaneModels:
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
-        w2 = np.zeros((N_SEL2 + N_SEL3, N_IN + 1), np.int64)
+        w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4, N_IN + 1), np.int64)
         w2[:, IN_PRIOR] = 1 << MIX_SHIFT
+        w2[N_SEL2:, IN_MATCH] = MATCH_INIT
         self.weights2 = w2
         wf = np.zeros((256, N_MIX + 1), np.int64)  # the final mixer of the three, per node
         wf[:, :N_MIX] = FINAL_INIT
@@ -622,6 +625,12 @@ def _node_one(
     wsel[b, 1, d] = sel2
     sel3 = N_SEL2 + c1 * 8 + d
     wsel[b, 2, d] = sel3
+    tt = lane[b, L_LEN]
+    c2b = np.int64(hist[b, tt - 2]) if tt >= 2 else 0
+    sel4 = N_SEL2 + N_SEL3 + c2b * 8 + d
+    wsel[b, 3, d] = sel4
+    ws4 = w2[sel4]
+    dot4 = np.int64(0)
     ws = w[sel]
     ws2 = w2[sel2]
     ws3 = w2[sel3]
@@ -634,14 +643,20 @@ def _node_one(
             dot += ws[i] * xi
             dot2 += ws2[i] * xi
             dot3 += ws3[i] * xi
+            dot4 += ws4[i] * xi
     p1 = _sq(dot >> MIX_SHIFT)
     p2 = _sq(dot2 >> MIX_SHIFT)
     p3 = _sq(dot3 >> MIX_SHIFT)
     psub[b, 0, d] = p1
     psub[b, 1, d] = p2
     psub[b, 2, d] = p3
+    p4 = _sq(dot4 >> MIX_SHIFT)
+    psub[b, 3, d] = p4
     wn = wf[n]
-    pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2] + wn[2] * STRETCH[p3]) >> MIX_SHIFT)
+    pm = _sq(
+        (wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2] + wn[2] * STRETCH[p3] + wn[3] * STRETCH[p4])
+        >> MIX_SHIFT
+    )
     if off & OFF_MIXER2:
         pm = p1
     pmix[b, d] = pm
@@ -808,7 +823,7 @@ def _update_one(
             r = np.int64(smi[b, d, k])
             if r >= 0:
                 smap[r] = _learn_sm(smap[r], y)
-        # the three mixers, each toward the bit from its own output, then the final one
+        # the four mixers, each toward the bit from its own output, then the final one
         two = (params[1] & OFF_MIXER2) == 0
         for m in range(N_MIX if two else 1):
             ws = w[wsel[b, 0, d]] if m == 0 else w2[wsel[b, m, d]]
