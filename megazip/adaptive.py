@@ -11,7 +11,7 @@ rate 1 / (n + 1.5)):
 
 - the prior: the node's share of the prior's 256 counts (the prior is exact in this
   decomposition: without other inputs the stage reproduces it);
-- order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 6, a word
+- order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 6, 8, a word
   context (the letters since the last non-letter, case folded) and two record or sparse
   contexts, each a counter per (context, node) in buckets of 16 per (context, high
   nibble) with a check word; a lane without a record length adds the word bigram (the
@@ -74,7 +74,7 @@ ADAPTIVE_VERSION = 6
 # probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
 # clamped to [-SMAX, SMAX]
 SMAX = 3071
-ORDERS = (2, 3, 4, 6)  # hashed byte contexts (order 1 is a direct table)
+ORDERS = (2, 3, 4, 6, 8)  # hashed byte contexts (order 1 is a direct table)
 # plus the word context, two record (or sparse) contexts; then, in a lane without a
 # record length, the word bigram (K_TEXT contexts in all), and in a lane with one, order
 # 0 and the byte above with its right neighbour and the last (K_REC)
@@ -98,7 +98,7 @@ N_IN = IN_CP + N_COLPRED
 N_IN_TEXT = IN_H0 + K_TEXT
 # second mixer's weight sets: (confirmed orders, depth, match, record, class of the last byte
 # or, in a record lane, which column predictions held for it)
-N_SEL2 = 5 * 8 * 3 * 2 * 4
+N_SEL2 = (len(ORDERS) + 1) * 8 * 3 * 2 * 4
 N_SEL3 = 256 * 8  # the third mixer's weight sets (last byte, depth), after the second's in w2
 N_SEL4 = 256 * 8  # the fourth's: (byte t - 2, depth), after the third's
 N_MIX = 4
@@ -272,7 +272,7 @@ class LaneModels:
         bmb = min(BITMAP_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 3))
         self.bitmap = np.full(BM_OFF[2] + (1 << bmb), 32768 << 16, np.uint32)
         self.colpred = np.full((N_COLPRED, (COL_CAP + 1) * 48), 32768 << 16, np.uint32)
-        self.match = np.full(1 << mbits, -1, np.int64)  # lane * capacity + position
+        self.match = np.full(1 << mbits, -1, np.int32)  # lane * capacity + position
         self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
         self.mconf[:, 0] = 49152
         sm = SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20
