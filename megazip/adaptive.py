@@ -15,7 +15,9 @@ rate 1 / (n + 1.5)):
   context (the letters since the last non-letter, case folded) and two record or sparse
   contexts, each a counter per (context, node) in buckets of 16 per (context, high
   nibble) with a check word; a lane without a record length adds the word bigram (the
-  previous word with the current one), a lane with one order 0 and the byte above with
+  previous word with the current one) and a text column context (the byte at the same
+  column of the previous line, with the last byte; none before a second line), a lane
+  with one order 0 and the byte above with
   its right neighbour; each hashed counter (of the orders and the word context: with
   fewer than 61 hits) reaches the mixers through a counter map of its kind (an APM over
   the counter's probability, one per bucket of its hit count, learning what such
@@ -76,13 +78,14 @@ ADAPTIVE_VERSION = 6
 SMAX = 3071
 ORDERS = (2, 3, 4, 6, 8)  # hashed byte contexts (order 1 is a direct table)
 # plus the word context, two record (or sparse) contexts; then, in a lane without a
-# record length, the word bigram (K_TEXT contexts in all), and in a lane with one, order
-# 0 and the byte above with its right neighbour and the last (K_REC)
+# record length, the word bigram and the text column (K_TEXT contexts in all), and in a
+# lane with one, order 0 and the byte above with its right neighbour and the last (K_REC)
 N_HASHED = len(ORDERS) + 5
-K_TEXT = len(ORDERS) + 4
+K_TEXT = N_HASHED
 K_REC = N_HASHED
 H_WORD = len(ORDERS)
 H_BIGRAM = len(ORDERS) + 3
+H_COLUMN = H_BIGRAM + 1  # text: the byte above in the previous line, with the last (hash 0: none)
 N_BITMAP = 3  # bit-level 2-D contexts of a lane with a record length, in one table:
 BM_OFF = (0, 1 << 12, (1 << 12) + (1 << 20))  # 12 and 20 bits direct, then one hashed to
 BITMAP_BITS = 22  # at most this many bits (fewer for small blocks)
@@ -132,6 +135,7 @@ RECORD_LIMIT = 65535  # longest record length a stream may signal
 RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
 # params[1] bits (ablation only): models switched off
 OFF_BITMAP, OFF_COLPRED, OFF_MIXER2, OFF_APM2, OFF_BIGRAM, OFF_SMAP = 1, 2, 4, 8, 16, 32
+OFF_COLUMN = 64  # the text column context
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
 # sees the mean of the counter's and the map's stretch
@@ -232,7 +236,9 @@ L_RLEN, L_R1, L_RC1, L_R2, L_RC2 = 6, 7, 8, 9, 10  # record length and two candi
 L_U1, L_PWORD = 11, 12  # the byte above (record); the last whole word's hash
 L_W1, L_W2, L_W3 = 13, 14, 15  # bitmap: bytes above-left, above, above-right; 2, 3 rows up
 L_HASH = 16  # N_HASHED context hashes follow
-N_LANE = L_HASH + N_HASHED
+L_NL = L_HASH + N_HASHED  # text column: the start of the current line, of the previous
+L_PNL = L_NL + 1
+N_LANE = L_PNL + 1
 # per lane, from _begin_one for _node_one and the update (LaneModels.pend): the match
 # model's expected byte (-1: none), its stretched confidence and state; the column
 # predictions (expected bytes, counter bases) and the second mixer's class of the last
@@ -527,12 +533,15 @@ def _find_buckets(b, s, lane, pend, ctab, params):
     oc = 0
     for k in range(nk):
         base, chk = _bucket(lane[b, L_HASH + k], s, mask)
-        base = base if np.int64(ctab[k, base]) == chk else -1
+        if np.int64(ctab[k, base]) != chk or (k == H_COLUMN and lane[b, L_HASH + k] == 0):
+            base = -1
         pend[b, P_BASE + k] = base
         if k < len(ORDERS) and base >= 0:
             oc += 1
     if params[1] & OFF_BIGRAM and not rec:
         pend[b, P_BASE + H_BIGRAM] = -1
+    if params[1] & OFF_COLUMN and not rec:
+        pend[b, P_BASE + H_COLUMN] = -1
     pend[b, P_OC] = oc
 
 
@@ -767,6 +776,8 @@ def _update_one(
     nk = K_REC if lane[b, L_RLEN] > 0 else K_TEXT
     for k in range(nk):
         h = lane[b, L_HASH + k]
+        if h == 0 and k == H_COLUMN:  # no column context (no line above yet)
+            continue
         for s in (0, 1 + (sym >> 4)):
             base, chk = _bucket(h, s, mask)
             if np.int64(ctab[k, base]) != chk:  # claim the bucket
@@ -958,6 +969,15 @@ def _update_one(
     else:
         bg = (lane[b, L_PWORD] * 0x2545F4914F6CDD1D + wd + sym + 13) * 0x6C62272E07BB0142
         lane[b, L_HASH + H_BIGRAM] = bg ^ ((bg >> 29) & 0x7FFFFFFFF)
+        if sym == 10:
+            lane[b, L_PNL] = lane[b, L_NL]
+            lane[b, L_NL] = nlen
+        col = nlen - lane[b, L_NL]
+        ab = lane[b, L_PNL] + col
+        above = np.int64(hist[b, ab]) if ab < lane[b, L_NL] else 256
+        cx = ((above << 10) + sym + 17) * 0x3E5B7C9D1F2A4B6D
+        cx ^= (cx >> 29) & 0x7FFFFFFFF
+        lane[b, L_HASH + H_BIGRAM + 1] = cx if above < 256 else 0  # 0: no context
 
 
 @_jit
