@@ -11,11 +11,13 @@ rate 1 / (n + 1.5)):
 
 - the prior: the node's share of the prior's 256 counts (the prior is exact in this
   decomposition: without other inputs the stage reproduces it);
-- order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 6, a word
+- order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 6, 8, a word
   context (the letters since the last non-letter, case folded) and two record or sparse
   contexts, each a counter per (context, node) in buckets of 16 per (context, high
   nibble) with a check word; a lane without a record length adds the word bigram (the
-  previous word with the current one), a lane with one order 0 and the byte above with
+  previous word with the current one) and a text column context (the byte at the same
+  column of the previous line, with the last byte; none before a second line), a lane
+  with one order 0 and the byte above with
   its right neighbour; each hashed counter (of the orders and the word context: with
   fewer than 61 hits) reaches the mixers through a counter map of its kind (an APM over
   the counter's probability, one per bucket of its hit count, learning what such
@@ -31,11 +33,13 @@ rate 1 / (n + 1.5)):
   signals it in the stream, so every lane uses it from its first byte; with r = 0 each
   lane still detects its own from recurring byte distances;
 
-mixed in the logistic ("stretch") domain by two single-layer networks with integer
+mixed in the logistic ("stretch") domain by four single-layer networks with integer
 weights learned online, one with weight sets selected by (node, match state, record),
-the other by (confirmed orders, depth, match state, record, class of the last byte or
-which column predictions held), combined by a final mixer per node; then refined by
-adaptive probability maps (APM/SSE) selected by the node, by (node, previous byte), by
+the second by (confirmed orders, depth, match state, record, class of the last byte or
+which column predictions held), the third by (last byte, depth), the fourth by (byte
+before the last, depth), combined by a final mixer per node; then refined by
+adaptive probability maps (APM/SSE) selected by (node, match state: whether the match
+predicts this node, its length bucket and expected bit), by (node, previous byte), by
 a hash of (node, previous two bytes) and, with a record length, by (node, byte above).
 The result, p(bit = 1) in 1/65536 (1..65535), codes the decision; only the 8 nodes of
 the byte's path are ever computed (version 5 computed all 255 to give the coder a table
@@ -72,15 +76,16 @@ ADAPTIVE_VERSION = 6
 # probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
 # clamped to [-SMAX, SMAX]
 SMAX = 3071
-ORDERS = (2, 3, 4, 6)  # hashed byte contexts (order 1 is a direct table)
+ORDERS = (2, 3, 4, 6, 8)  # hashed byte contexts (order 1 is a direct table)
 # plus the word context, two record (or sparse) contexts; then, in a lane without a
-# record length, the word bigram (K_TEXT contexts in all), and in a lane with one, order
-# 0 and the byte above with its right neighbour and the last (K_REC)
+# record length, the word bigram and the text column (K_TEXT contexts in all), and in a
+# lane with one, order 0 and the byte above with its right neighbour and the last (K_REC)
 N_HASHED = len(ORDERS) + 5
-K_TEXT = len(ORDERS) + 4
+K_TEXT = N_HASHED
 K_REC = N_HASHED
 H_WORD = len(ORDERS)
 H_BIGRAM = len(ORDERS) + 3
+H_COLUMN = H_BIGRAM + 1  # text: the byte above in the previous line, with the last (hash 0: none)
 N_BITMAP = 3  # bit-level 2-D contexts of a lane with a record length, in one table:
 BM_OFF = (0, 1 << 12, (1 << 12) + (1 << 20))  # 12 and 20 bits direct, then one hashed to
 BITMAP_BITS = 22  # at most this many bits (fewer for small blocks)
@@ -96,14 +101,19 @@ N_IN = IN_CP + N_COLPRED
 N_IN_TEXT = IN_H0 + K_TEXT
 # second mixer's weight sets: (confirmed orders, depth, match, record, class of the last byte
 # or, in a record lane, which column predictions held for it)
-N_SEL2 = 5 * 8 * 3 * 2 * 4
+N_SEL2 = (len(ORDERS) + 1) * 8 * 3 * 2 * 4
+N_SEL3 = 256 * 8  # the third mixer's weight sets (last byte, depth), after the second's in w2
+N_SEL4 = 256 * 8  # the fourth's: (byte t - 2, depth), after the third's
+N_MIX = 4
+MATCH_INIT = 1 << 16  # mixers 3 and 4: the initial weight of the match input
 RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
 LONG_MATCH = 16
 MIX_SHIFT = 16  # weights: 1.0 = 2^16
-FINAL_SHIFT = 13  # the final mixer's learning rate (as LR_SHIFT)
+FINAL_INIT = (19661, 19661, 13107, 13107)  # the final mixer's initial weights (0.3, 0.3, 0.2, 0.2)
+FINAL_SHIFT = 14  # the final mixer's learning rate (as LR_SHIFT; 13: kennedy.xls +5 %)
 LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
 LR_HALF = 256  # the rate of a weight set falls as 1 / (1 + n / LR_HALF) after n updates
 LR_FLOOR = 16  # ... down to 1 / LR_FLOOR
@@ -125,6 +135,7 @@ RECORD_LIMIT = 65535  # longest record length a stream may signal
 RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
 # params[1] bits (ablation only): models switched off
 OFF_BITMAP, OFF_COLPRED, OFF_MIXER2, OFF_APM2, OFF_BIGRAM, OFF_SMAP = 1, 2, 4, 8, 16, 32
+OFF_COLUMN = 64  # the text column context
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
 # sees the mean of the counter's and the map's stretch
@@ -198,6 +209,12 @@ for _i, _lo in enumerate((1, 2, 3, 4, 5, 7, 10, 15, 23, 36, 61, 121)):
     SM_CB[_lo:] = _i
 
 
+# match length -> bucket for the first APM: 0-11, 12-15, 16-23, 24-31, 32
+MLEN_BUCKET = np.zeros(MAX_LEN + 1, np.int64)
+for _i, _lo in enumerate((0, 12, 16, 24, 32)):
+    MLEN_BUCKET[_lo:] = _i
+N_MROW = 11
+
 # classes of the last byte for the second mixer: letters, white space, digits and ASCII
 # punctuation, others
 BYTE_CLASS = np.full(256, 3, np.int64)
@@ -232,7 +249,9 @@ L_RLEN, L_R1, L_RC1, L_R2, L_RC2 = 6, 7, 8, 9, 10  # record length and two candi
 L_U1, L_PWORD = 11, 12  # the byte above (record); the last whole word's hash
 L_W1, L_W2, L_W3 = 13, 14, 15  # bitmap: bytes above-left, above, above-right; 2, 3 rows up
 L_HASH = 16  # N_HASHED context hashes follow
-N_LANE = L_HASH + N_HASHED
+L_NL = L_HASH + N_HASHED  # text column: the start of the current line, of the previous
+L_PNL = L_NL + 1
+N_LANE = L_PNL + 1
 # per lane, from _begin_one for _node_one and the update (LaneModels.pend): the match
 # model's expected byte (-1: none), its stretched confidence and state; the column
 # predictions (expected bytes, counter bases) and the second mixer's class of the last
@@ -264,15 +283,15 @@ class LaneModels:
         # mixers' outputs, the counter-map knots used
         self.inputs = np.zeros((lanes, 8, N_IN), np.int32)
         self.pmix = np.zeros((lanes, 8), np.int32)
-        self.wsel = np.zeros((lanes, 2, 8), np.int32)
-        self.psub = np.zeros((lanes, 2, 8), np.int32)
+        self.wsel = np.zeros((lanes, N_MIX, 8), np.int32)
+        self.psub = np.zeros((lanes, N_MIX, 8), np.int32)
         self.smi = np.full((lanes, 8, N_HASHED), -1, np.int16)
         self.o1 = np.full((256 * 256,), 32768 << 16, np.uint32)  # (p16 << 16) | n
         self.ctab = np.zeros((N_HASHED, (1 << bits) * 16), np.uint32)
         bmb = min(BITMAP_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 3))
         self.bitmap = np.full(BM_OFF[2] + (1 << bmb), 32768 << 16, np.uint32)
         self.colpred = np.full((N_COLPRED, (COL_CAP + 1) * 48), 32768 << 16, np.uint32)
-        self.match = np.full(1 << mbits, -1, np.int64)  # lane * capacity + position
+        self.match = np.full(1 << mbits, -1, np.int32)  # lane * capacity + position
         self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
         self.mconf[:, 0] = 49152
         sm = SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20
@@ -280,14 +299,16 @@ class LaneModels:
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
-        w2 = np.zeros((N_SEL2, N_IN + 1), np.int64)
+        w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4, N_IN + 1), np.int64)
         w2[:, IN_PRIOR] = 1 << MIX_SHIFT
+        w2[N_SEL2:, IN_MATCH] = MATCH_INIT
         self.weights2 = w2
-        wf = np.zeros((256, 3), np.int64)  # the final mixer of the two, per node
-        wf[:, :2] = 1 << (MIX_SHIFT - 1)
+        wf = np.zeros((256, N_MIX + 1), np.int64)  # the final mixer of the three, per node
+        wf[:, :N_MIX] = FINAL_INIT
+
         self.final = wf
         knots = (SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20) + APM_INIT
-        self.apm1 = np.tile(knots, (256, 1))
+        self.apm1 = np.tile(knots, (256 * N_MROW, 1))
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256, 1))
         self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
@@ -410,6 +431,15 @@ def _pred_state(e, n, d):
 
 
 @_jit
+def _mrow(e, mlen, n, d):
+    """The match state of node n (depth d) for the first APM: 0 without an expected byte
+    e on this node, else 1 + 2 * (length bucket) + e's bit."""
+    if e < 0 or ((256 + e) >> (8 - d)) != n:
+        return 0
+    return 1 + 2 * MLEN_BUCKET[min(mlen, MAX_LEN)] + ((e >> (7 - d)) & 1)
+
+
+@_jit
 def _apm4_row(c2, n):
     """The order-2 APM's row of node n after the bytes c2 = (byte t - 2) << 8 | byte t - 1."""
     h = (c2 * 0x100 + n + 1) * 0x9E3779B97F4A7C15
@@ -516,12 +546,15 @@ def _find_buckets(b, s, lane, pend, ctab, params):
     oc = 0
     for k in range(nk):
         base, chk = _bucket(lane[b, L_HASH + k], s, mask)
-        base = base if np.int64(ctab[k, base]) == chk else -1
+        if np.int64(ctab[k, base]) != chk or (k == H_COLUMN and lane[b, L_HASH + k] == 0):
+            base = -1
         pend[b, P_BASE + k] = base
         if k < len(ORDERS) and base >= 0:
             oc += 1
     if params[1] & OFF_BIGRAM and not rec:
         pend[b, P_BASE + H_BIGRAM] = -1
+    if params[1] & OFF_COLUMN and not rec:
+        pend[b, P_BASE + H_COLUMN] = -1
     pend[b, P_OC] = oc
 
 
@@ -612,20 +645,40 @@ def _node_one(
     sel2 = (((pb[P_OC] * 8 + d) * 3 + st) * 2 + (1 if rec else 0)) * 4 + pb[P_CCLS]
     wsel[b, 0, d] = sel
     wsel[b, 1, d] = sel2
+    sel3 = N_SEL2 + c1 * 8 + d
+    wsel[b, 2, d] = sel3
+    tt = lane[b, L_LEN]
+    c2b = np.int64(hist[b, tt - 2]) if tt >= 2 else 0
+    sel4 = N_SEL2 + N_SEL3 + c2b * 8 + d
+    wsel[b, 3, d] = sel4
+    ws4 = w2[sel4]
+    dot4 = np.int64(0)
     ws = w[sel]
     ws2 = w2[sel2]
+    ws3 = w2[sel3]
     dot = np.int64(0)
     dot2 = np.int64(0)
-    for i in range(ni):
-        xi = np.int64(x[i])
-        dot += ws[i] * xi
-        dot2 += ws2[i] * xi
+    dot3 = np.int64(0)
+    if True:
+        for i in range(ni):
+            xi = np.int64(x[i])
+            dot += ws[i] * xi
+            dot2 += ws2[i] * xi
+            dot3 += ws3[i] * xi
+            dot4 += ws4[i] * xi
     p1 = _sq(dot >> MIX_SHIFT)
     p2 = _sq(dot2 >> MIX_SHIFT)
+    p3 = _sq(dot3 >> MIX_SHIFT)
     psub[b, 0, d] = p1
     psub[b, 1, d] = p2
+    psub[b, 2, d] = p3
+    p4 = _sq(dot4 >> MIX_SHIFT)
+    psub[b, 3, d] = p4
     wn = wf[n]
-    pm = _sq((wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2]) >> MIX_SHIFT)
+    pm = _sq(
+        (wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2] + wn[2] * STRETCH[p3] + wn[3] * STRETCH[p4])
+        >> MIX_SHIFT
+    )
     if off & OFF_MIXER2:
         pm = p1
     pmix[b, d] = pm
@@ -633,7 +686,8 @@ def _node_one(
     k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
     f1 = sv - (k1 << APM_SHIFT)
     g1 = APM_STEP - f1
-    q1 = ((a1[n, k1] >> 16) * g1 + (a1[n, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    r = n * N_MROW + _mrow(e, lane[b, L_MLEN], n, d)
+    q1 = ((a1[r, k1] >> 16) * g1 + (a1[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
     r = r0 + n
     q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
     q3 = 0
@@ -735,6 +789,8 @@ def _update_one(
     nk = K_REC if lane[b, L_RLEN] > 0 else K_TEXT
     for k in range(nk):
         h = lane[b, L_HASH + k]
+        if h == 0 and k == H_COLUMN:  # no column context (no line above yet)
+            continue
         for s in (0, 1 + (sym >> 4)):
             base, chk = _bucket(h, s, mask)
             if np.int64(ctab[k, base]) != chk:  # claim the bucket
@@ -791,10 +847,10 @@ def _update_one(
             r = np.int64(smi[b, d, k])
             if r >= 0:
                 smap[r] = _learn_sm(smap[r], y)
-        # the two mixers, each toward the bit from its own output, then the final one
+        # the four mixers, each toward the bit from its own output, then the final one
         two = (params[1] & OFF_MIXER2) == 0
-        for m in range(2 if two else 1):
-            ws = w[wsel[b, 0, d]] if m == 0 else w2[wsel[b, 1, d]]
+        for m in range(N_MIX if two else 1):
+            ws = w[wsel[b, 0, d]] if m == 0 else w2[wsel[b, m, d]]
             err = (y << 16) - np.int64(psub[b, m, d])
             cnt = ws[N_IN]
             err = (err * LR_DECAY[cnt]) >> 16
@@ -803,16 +859,17 @@ def _update_one(
                 ws[i] += (np.int64(inputs[b, d, i]) * err) >> LR_SHIFT
         wn = wf[n]
         err = (y << 16) - pm
-        cnt = wn[2]
+        cnt = wn[N_MIX]
         err = (err * LR_DECAY[cnt]) >> 16
-        wn[2] = min(cnt + 1, LR_STEPS) if two else cnt
+        wn[N_MIX] = min(cnt + 1, LR_STEPS) if two else cnt
         if two:
-            wn[0] += (STRETCH[psub[b, 0, d]] * err) >> FINAL_SHIFT
-            wn[1] += (STRETCH[psub[b, 1, d]] * err) >> FINAL_SHIFT
+            for m in range(N_MIX):
+                wn[m] += (STRETCH[psub[b, m, d]] * err) >> FINAL_SHIFT
         # APMs: move the two knots around p toward the bit
         k1, f1 = _apm_idx(pm)
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
-        a1[n, k1] = _learn_apm(a1[n, k1], y)
+        r = n * N_MROW + _mrow(e, mlen, n, d)
+        a1[r, k1] = _learn_apm(a1[r, k1], y)
         r = n + (c1 << 8)
         a2[r, k1] = _learn_apm(a2[r, k1], y)
         if rec:
@@ -925,6 +982,15 @@ def _update_one(
     else:
         bg = (lane[b, L_PWORD] * 0x2545F4914F6CDD1D + wd + sym + 13) * 0x6C62272E07BB0142
         lane[b, L_HASH + H_BIGRAM] = bg ^ ((bg >> 29) & 0x7FFFFFFFF)
+        if sym == 10:
+            lane[b, L_PNL] = lane[b, L_NL]
+            lane[b, L_NL] = nlen
+        col = nlen - lane[b, L_NL]
+        ab = lane[b, L_PNL] + col
+        above = np.int64(hist[b, ab]) if ab < lane[b, L_NL] else 256
+        cx = ((above << 10) + sym + 17) * 0x3E5B7C9D1F2A4B6D
+        cx ^= (cx >> 29) & 0x7FFFFFFFF
+        lane[b, L_HASH + H_BIGRAM + 1] = cx if above < 256 else 0  # 0: no context
 
 
 @_jit

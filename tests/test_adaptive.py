@@ -291,6 +291,25 @@ def test_word_bigram_gains_on_text_of_word_pairs():
     assert with_ < 0.99 * stage_bits(data, 0, adaptive.OFF_BIGRAM)
 
 
+def test_text_column_context_gains_on_lines_of_aligned_fields():
+    """Lines of varying length (no record length) whose characters depend on the one
+    at the same column of the line above: only the column context sees that."""
+    rng = np.random.default_rng(15)
+    prev = bytes(rng.integers(97, 123, 60).astype(np.uint8))
+    lines = []
+    for _ in range(600):
+        n = int(rng.integers(30, 60))
+        cur = bytes(
+            (c - 97 + 1) % 26 + 97 if rng.random() < 0.9 else int(rng.integers(97, 123))
+            for c in prev[:n]
+        )
+        lines.append(cur + b"\n")
+        prev = cur + bytes(rng.integers(97, 123, 60 - n).astype(np.uint8))
+    data = b"".join(lines)
+    assert adaptive.choose_record([data]) == 0
+    assert stage_bits(data, 0) < 0.9 * stage_bits(data, 0, adaptive.OFF_COLUMN)
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_never_more_than_half_a_percent_worse_than_the_prior(seed):
