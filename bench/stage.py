@@ -200,11 +200,20 @@ def warm_up(stage=None) -> None:
 
 
 def load_stage(path: str):
-    """A copy of megazip/adaptive.py at `path`, imported inside the megazip package."""
+    """A copy of megazip/adaptive.py at `path`, imported inside the megazip package from a
+    private copy of the file (numba caches its kernels beside the file it reads: run on
+    the package's own adaptive.py, that cache would name this module and break the real
+    one's)."""
     import importlib.util
+    import shutil
+    import tempfile
 
-    name = "megazip._stage_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
-    spec = importlib.util.spec_from_file_location(name, path)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    name = "megazip._stage_" + digest
+    private = Path(tempfile.gettempdir()) / "megazip_stage" / f"{name.rsplit('.', 1)[1]}.py"
+    private.parent.mkdir(exist_ok=True)
+    shutil.copyfile(path, private)
+    spec = importlib.util.spec_from_file_location(name, private)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)

@@ -54,8 +54,9 @@ by one as the bits become known), then the state learns from every lane's byte t
 order. Each lane keeps only its own bytes, context hashes and match
 pointer. Encoder and decoder run the same integer code in the same order (mix_chunk is
 begin, predict and update, position by position), so their tables are identical by construction.
-Lookup tables (stretch/squash) are computed with Python's `decimal` module (correctly
-rounded, identical on every platform) and checked against a fixed digest at import.
+Lookup tables (stretch/squash) are defined by correctly rounded decimal arithmetic
+(squash_exact); at import they are computed in float64 and kept only if they match the
+definition's fixed digest, else recomputed by the definition: identical on every machine.
 
 Format version: ADAPTIVE_VERSION, recorded in .mgz headers; docs/FORMAT.md describes it.
 """
