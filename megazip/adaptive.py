@@ -30,8 +30,9 @@ rate 1 / (n + 1.5)):
   predictions (the byte above; the byte above plus its difference to the one above it),
   each a counter by (column, whether it held for the previous byte, depth, predicted
   bit). The encoder chooses r for the whole block from all its bytes (choose_record) and
-  signals it in the stream, so every lane uses it from its first byte; with r = 0 each
-  lane still detects its own from recurring byte distances;
+  signals it in the stream, so every lane uses it from its first byte (with r = 0 no
+  lane has one: version 5's detector of a lane's own record length from recurring byte
+  distances was dropped, as it only ever cost text files, up to 0.4 %);
 
 mixed in the logistic ("stretch") domain by four single-layer networks with integer
 weights learned online, one with weight sets selected by (node, match state, record),
@@ -107,7 +108,6 @@ N_SEL3 = 256 * 8  # the third mixer's weight sets (last byte, depth), after the 
 N_SEL4 = 256 * 8  # the fourth's: (byte t - 2, depth), after the third's
 N_MIX = 4
 MATCH_INIT = 1 << 16  # mixers 3 and 4: the initial weight of the match input
-RECORD_CONFIRM = 8
 MIN_MATCH = 6  # bytes hashed to find a match
 MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
@@ -246,10 +246,10 @@ for _n in range(1, 256):
 
 # per-lane integer state (columns of LaneModels.lane); L_U1: the byte above (record)
 L_LEN, L_C1, L_MLANE, L_MPOS, L_MLEN, L_WORD = 0, 1, 2, 3, 4, 5
-L_RLEN, L_R1, L_RC1, L_R2, L_RC2 = 6, 7, 8, 9, 10  # record length and two candidates
-L_U1, L_PWORD = 11, 12  # the byte above (record); the last whole word's hash
-L_W1, L_W2, L_W3 = 13, 14, 15  # bitmap: bytes above-left, above, above-right; 2, 3 rows up
-L_HASH = 16  # N_HASHED context hashes follow
+L_RLEN = 6  # the record length (the block's)
+L_U1, L_PWORD = 7, 8  # the byte above (record); the last whole word's hash
+L_W1, L_W2, L_W3 = 9, 10, 11  # bitmap: bytes above-left, above, above-right; 2, 3 rows up
+L_HASH = 12  # N_HASHED context hashes follow
 L_NL = L_HASH + N_HASHED  # text column: the start of the current line, of the previous
 L_PNL = L_NL + 1
 N_LANE = L_PNL + 1
@@ -278,7 +278,6 @@ class LaneModels:
         self.lane[:, L_MLANE] = -1
         self.pend = np.full((lanes, N_PEND), -1, np.int64)
         self.tree = np.zeros((lanes, 512), np.int64)  # the prior's subtree sums (begin)
-        self.last = np.full((lanes, 256, 3), -1, np.int64)  # last 3 positions of each value
         # per lane and depth of the byte's path, saved at mix time for the update: the
         # mixer inputs, the final mixer's output (16 bits), the weight sets, the two
         # mixers' outputs, the counter-map knots used
@@ -313,9 +312,9 @@ class LaneModels:
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256, 1))
         self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
-        # block parameters: [0] the record length signalled for the block (0: none; the
-        # lanes then detect their own, as in version 2); [1] models switched off (OFF_*
-        # bits: for measuring what each adds; a stream always has 0)
+        # block parameters: [0] the record length signalled for the block (0: none);
+        # [1] models switched off (OFF_* bits: for measuring what each adds; a stream
+        # always has 0)
         self.params = np.zeros(2, np.int64)
         self.params[1] = off
         if record:
@@ -328,7 +327,6 @@ class LaneModels:
             self.lane,
             self.pend,
             self.tree,
-            self.last,
             self.inputs,
             self.pmix,
             self.wsel,
@@ -483,7 +481,6 @@ def _begin_one(
     lane,
     pend,
     tree,
-    last,
     inputs,
     pmix,
     wsel,
@@ -567,7 +564,6 @@ def _node_one(
     lane,
     pend,
     tree,
-    last,
     inputs,
     pmix,
     wsel,
@@ -759,7 +755,6 @@ def _update_one(
     lane,
     pend,
     tree,
-    last,
     inputs,
     pmix,
     wsel,
@@ -926,35 +921,6 @@ def _update_one(
         wd = 0
     lane[b, L_WORD] = wd
     lane[b, L_HASH + H_WORD] = (wd + sym + 7) * 0x6A09E667F3BCC909
-    # record length: a distance r > 1 at which some byte value recurred 4 times in a row,
-    # confirmed RECORD_CONFIRM times (two candidates compete)
-    p1, p2, p3 = last[b, sym, 0], last[b, sym, 1], last[b, sym, 2]
-    r = t - p1
-    if (
-        params[0] == 0
-        and p3 >= 0
-        and r > 1
-        and r == p1 - p2
-        and r == p2 - p3
-        and (r >= 16 or (t >= 5 * r and hist[b, t - 4 * r] == sym and hist[b, t - 5 * r] == sym))
-    ):
-        if r == lane[b, L_R1]:
-            lane[b, L_RC1] += 1
-        elif r == lane[b, L_R2]:
-            lane[b, L_RC2] += 1
-        elif lane[b, L_RC1] > lane[b, L_RC2]:
-            lane[b, L_R2] = r
-            lane[b, L_RC2] = 1
-        else:
-            lane[b, L_R1] = r
-            lane[b, L_RC1] = 1
-        if lane[b, L_RC1] >= RECORD_CONFIRM and lane[b, L_RLEN] != lane[b, L_R1]:
-            lane[b, L_RLEN] = lane[b, L_R1]
-            lane[b, L_RC1] = 0
-            lane[b, L_RC2] = 0
-    last[b, sym, 2] = p2
-    last[b, sym, 1] = p1
-    last[b, sym, 0] = t
     # record contexts: the bytes one and two records above, and the byte above with the
     # previous byte; without a record length, sparse contexts (bytes 2-3 and 2-4 back)
     rl = lane[b, L_RLEN]
@@ -1012,7 +978,6 @@ def _begin_lanes(counts, active, lo, st):
         lane,
         pend,
         tree,
-        last,
         inputs,
         pmix,
         wsel,
@@ -1043,7 +1008,6 @@ def _begin_lanes(counts, active, lo, st):
                 lane,
                 pend,
                 tree,
-                last,
                 inputs,
                 pmix,
                 wsel,
@@ -1074,7 +1038,6 @@ def _node_tables(nodes, bits, active, table, st):
         lane,
         pend,
         tree,
-        last,
         inputs,
         pmix,
         wsel,
@@ -1108,7 +1071,6 @@ def _node_tables(nodes, bits, active, table, st):
                 lane,
                 pend,
                 tree,
-                last,
                 inputs,
                 pmix,
                 wsel,
@@ -1142,7 +1104,6 @@ def _update_step(symbols, active, st):
         lane,
         pend,
         tree,
-        last,
         inputs,
         pmix,
         wsel,
@@ -1173,7 +1134,6 @@ def _update_step(symbols, active, st):
                 lane,
                 pend,
                 tree,
-                last,
                 inputs,
                 pmix,
                 wsel,
@@ -1204,7 +1164,6 @@ def _encode_chunk(counts, symbols, active, out, st):
         lane,
         pend,
         tree,
-        last,
         inputs,
         pmix,
         wsel,
@@ -1237,7 +1196,6 @@ def _encode_chunk(counts, symbols, active, out, st):
                     lane,
                     pend,
                     tree,
-                    last,
                     inputs,
                     pmix,
                     wsel,
@@ -1269,7 +1227,6 @@ def _encode_chunk(counts, symbols, active, out, st):
                         lane,
                         pend,
                         tree,
-                        last,
                         inputs,
                         pmix,
                         wsel,
@@ -1300,7 +1257,6 @@ def _encode_chunk(counts, symbols, active, out, st):
                     lane,
                     pend,
                     tree,
-                    last,
                     inputs,
                     pmix,
                     wsel,

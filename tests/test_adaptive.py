@@ -267,8 +267,10 @@ def markov_text(n, seed):
 
 
 def test_second_mixer_gains_on_text():
+    """Mixer 2 (weight sets by contexts found, depth, match and byte class) still pays
+    beside mixers 3 and 4: 0.25 % on this text (0.3 % before they came)."""
     data = word_text(13, 30000)
-    assert stage_bits(data, 0) < 0.997 * stage_bits(data, 0, adaptive.OFF_MIXER2)
+    assert stage_bits(data, 0) < 0.998 * stage_bits(data, 0, adaptive.OFF_MIXER2)
 
 
 def test_order_2_apm_gains_on_order_2_text():
