@@ -239,7 +239,25 @@ class LocalPack:
 
 
 def pack_local(m) -> LocalPack:
-    """LocalPack of a model with NpMegabyte's attributes (local_blocks, local_emb, ...)."""
+    """LocalPack of the local model of a model with NpMegabyte's attributes (local_blocks,
+    local_emb, local_norm, head)."""
+    kv_tail = (
+        m.local_blocks[0].heads,
+        m.config.patch_size,
+        m.local_emb.shape[1] // m.local_blocks[0].heads,
+    )
+    return _pack(m.local_blocks, m.local_norm, m.local_emb, m.head, kv_tail)
+
+
+def pack_global(m) -> LocalPack:
+    """LocalPack of the global model's blocks and final norm (no embedding or head: for
+    global_step_fused)."""
+    return _pack(m.global_blocks, m.global_norm, None, None, None)
+
+
+def _pack(blocks, final_norm, emb, head, kv_tail) -> LocalPack:
+    """LocalPack of `blocks` and `final_norm`, with an embedding table and a head where
+    given (layout fields 4 and 7-10 are 0 without them)."""
     ws: list[np.ndarray] = []
     ints: list[np.ndarray] = []
     sizes = [0, 0]
@@ -265,16 +283,15 @@ def pack_local(m) -> LocalPack:
         sizes[1] += a.size
         return off
 
-    blocks = m.local_blocks
-    L = m.local_emb.shape[1]
+    L = blocks[0].qkv.w.shape[0]
     H = blocks[0].heads
-    P = m.config.patch_size
     layout = np.zeros(HEAD_FIELDS + LAYER_FIELDS * len(blocks), np.int64)
     layout[0:4] = len(blocks), L, blocks[0].fc.w.shape[1], H
-    layout[4] = put_i(m.local_emb)
-    layout[5], layout[6] = put_i(m.local_norm.c), m.local_norm.eps
-    layout[7], layout[8], layout[9] = put_w(m.head), put_i(m.head.mult), m.head.shift
-    layout[10] = m.head.w.shape[1]
+    layout[4] = put_i(emb) if emb is not None else 0
+    layout[5], layout[6] = put_i(final_norm.c), final_norm.eps
+    if head is not None:
+        layout[7], layout[8], layout[9] = put_w(head), put_i(head.mult), head.shift
+        layout[10] = head.w.shape[1]
     for i, b in enumerate(blocks):
         f = HEAD_FIELDS + LAYER_FIELDS * i
         layout[f : f + 4] = put_w(b.qkv), put_w(b.proj), put_w(b.fc), put_w(b.mlp_proj)
@@ -291,10 +308,11 @@ def pack_local(m) -> LocalPack:
         layout[f + 22 : f + 24] = put_i(b.gelu), b.gelu.shape[0]
         for lin in (b.qkv, b.proj, b.fc, b.mlp_proj):
             put_vnni(lin)
-    put_vnni(m.head)
+    if head is not None:
+        put_vnni(head)
     w = np.concatenate(ws) if ws else np.zeros(0, np.int8)
     i64 = np.concatenate(ints) if ints else np.zeros(0, np.int64)
-    return LocalPack(w, i64, layout, (H, P, L // H), tuple(vw), tuple(vc))
+    return LocalPack(w, i64, layout, kv_tail, tuple(vw), tuple(vc))
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -386,22 +404,17 @@ def _gemm32(x, w, off, K, N, vw, vc, out):
 
 
 @_jit
-def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp, out_exp, out):
-    """The whole local model for one byte of every lane (IntMegabyte.local_step) in one
-    call: prev (B,) previous bytes (PAD_BYTE at a patch start), ctx (B, L) int64 slots of
-    the global context, pos the byte's position in its patch; kc, vc (layers, B, H, P,
-    hd) int8 caches of the patch's keys and values (position pos is written); counts
-    (B, 256) int64 into out. Layer by layer over all lanes with the layered path's own
-    kernels (_nb_qkv_to_cache, _nb_attend, _nb_residual_norm, _nb_gelu, _nb_counts) and
-    int8 GEMMs (_gemm32: VNNI where LocalPack has its packs vws, vcs): the same integers,
-    without a Python call per kernel."""
-    B = prev.shape[0]
+def _blocks(x, h, kbufs, vbufs, ns, los, his, window, w, i64, layout, vws, vcs, attn_exp):
+    """The transformer blocks of a LocalPack layout over one position of every lane: x
+    (B, D) int64 the residual stream in, h (B, D) float32 its first norm in, the final
+    norm's output out; block li's key and value go to position ns[li] of kbufs[li],
+    vbufs[li] (B, H, capacity, hd) int8, and it attends to the keys [los[li], his[li])
+    (window: as NpMegabyte's attention). The layered path's kernels (_nb_qkv_to_cache,
+    _nb_attend, _nb_residual_norm, _nb_gelu) and int8 GEMMs (_gemm32): its integers."""
+    B = x.shape[0]
     n_layers, L, F, H = layout[0], layout[1], layout[2], layout[3]
     hd = L // H
-    V = layout[10]
-    x = np.empty((B, L), np.int64)
     xo = np.empty((B, L), np.int64)
-    h = np.empty((B, L), np.float32)
     y = np.empty((B, 1, L), np.float32)
     yl = y.reshape(B, L)
     g = np.empty((B, F), np.float32)
@@ -409,26 +422,18 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp,
     aq3 = aq.reshape(B, 1, 3 * L)
     al = np.empty((B, L), np.int32)
     af = np.empty((B, F), np.int32)
-    av = np.empty((B, V), np.int32)
     q = np.empty((B, H, 1, hd), np.int8)
-    for b in range(B):
-        e0 = layout[4] + prev[b] * L
-        for j in range(L):
-            x[b, j] = i64[e0 + j] + ctx[b, j]
-    f0 = HEAD_FIELDS
-    _nb_norm(x, i64[layout[f0 + 12] : layout[f0 + 12] + L], layout[f0 + 13], h)
     for li in range(n_layers):
         f = HEAD_FIELDS + LAYER_FIELDS * li
         _gemm32(h, w, layout[f], L, 3 * L, vws[4 * li], vcs[4 * li], aq)
         qkv_mult = i64[layout[f + 4] : layout[f + 4] + 3 * L]
-        _nb_qkv_to_cache(aq3, qkv_mult, layout[f + 8], kc[li], vc[li], pos, q)
+        _nb_qkv_to_cache(aq3, qkv_mult, layout[f + 8], kbufs[li], vbufs[li], ns[li], q)
         aoff, awidth = layout[f + 20], layout[f + 21]
         alibi = i64[aoff : aoff + H * awidth].reshape(H, awidth)
         omult = i64[layout[f + 18] : layout[f + 18] + L]
         smult, sshift, oshift = layout[f + 16], layout[f + 17], layout[f + 19]
-        _nb_attend(
-            q, kc[li], vc[li], 0, pos + 1, smult, sshift, alibi, 0, attn_exp, omult, oshift, y
-        )
+        kb, vb, lo, hi = kbufs[li], vbufs[li], los[li], his[li]
+        _nb_attend(q, kb, vb, lo, hi, smult, sshift, alibi, window, attn_exp, omult, oshift, y)
         _gemm32(yl, w, layout[f + 1], L, L, vws[4 * li + 1], vcs[4 * li + 1], al)
         pmult = i64[layout[f + 5] : layout[f + 5] + L]
         c2 = i64[layout[f + 14] : layout[f + 14] + L]
@@ -449,8 +454,45 @@ def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp,
             x, al, mmult, layout[f + 11], RESIDUAL_LIMIT, i64[nc : nc + L], neps, xo, h
         )
         x, xo = xo, x
+
+
+@_jit
+def local_step_fused(prev, ctx, pos, kc, vc, w, i64, layout, vws, vcs, attn_exp, out_exp, out):
+    """The whole local model for one byte of every lane (IntMegabyte.local_step) in one
+    call: prev (B,) previous bytes (PAD_BYTE at a patch start), ctx (B, L) int64 slots of
+    the global context, pos the byte's position in its patch; kc, vc (layers, B, H, P,
+    hd) int8 caches of the patch's keys and values (position pos is written); counts
+    (B, 256) int64 into out. _blocks, then the head and _nb_counts: the layered path's
+    integers without a Python call per kernel."""
+    B = prev.shape[0]
+    n_layers, L = layout[0], layout[1]
+    V = layout[10]
+    x = np.empty((B, L), np.int64)
+    h = np.empty((B, L), np.float32)
+    for b in range(B):
+        e0 = layout[4] + prev[b] * L
+        for j in range(L):
+            x[b, j] = i64[e0 + j] + ctx[b, j]
+    f0 = HEAD_FIELDS
+    _nb_norm(x, i64[layout[f0 + 12] : layout[f0 + 12] + L], layout[f0 + 13], h)
+    at = np.full(n_layers, pos, np.int64)
+    _blocks(x, h, kc, vc, at, at - pos, at + 1, 0, w, i64, layout, vws, vcs, attn_exp)
+    av = np.empty((B, V), np.int32)
     _gemm32(h, w, layout[7], L, V, vws[4 * n_layers], vcs[4 * n_layers], av)
     _nb_counts(av, i64[layout[8] : layout[8] + V], layout[9], out_exp, COUNT_TOTAL, out)
+
+
+@_jit
+def global_step_fused(x, kbufs, vbufs, ns, los, his, window, w, i64, layout, vws, vcs, attn_exp, h):
+    """One patch of the global model for every lane (NpMegabyte.global_context with one
+    patch) in one call: x (B, D) int64 the patch's embeddings; block li's key and value
+    go to position ns[li] of its cache buffers kbufs[li], vbufs[li] (B, H, capacity, hd)
+    int8 and it attends to the keys [los[li], his[li]) within `window`; the final norm's
+    output (B, D) float32 into h. The layered path's integers."""
+    L = layout[1]
+    f0 = HEAD_FIELDS
+    _nb_norm(x, i64[layout[f0 + 12] : layout[f0 + 12] + L], layout[f0 + 13], h)
+    _blocks(x, h, kbufs, vbufs, ns, los, his, window, w, i64, layout, vws, vcs, attn_exp)
 
 
 # ------------------------------------------------------------- int8 GEMM with AVX-512 VNNI

@@ -224,6 +224,7 @@ class NpMegabyte:
         self.head = self._linear("head")
         self.out_exp = self._t("out_exp")
         self._fused = nbk.pack_local(self)
+        self._fused_global = nbk.pack_global(self)
 
     def __getstate__(self):  # pickled to worker processes: the canonical data only
         return {"config": self.config, "tensors": self.tensors, "ints": self.ints}
@@ -323,7 +324,10 @@ class NpMegabyte:
         x = x.reshape(B, K, c.global_dim)
         if state.patches_done == 0:
             x[:, 0] = self.global_pad
-        h = self._stack(self.global_blocks, x, state.caches, self.global_norm)
+        if K == 1 and B <= FUSED_MAX_LANES:  # decoding: all blocks in one compiled call
+            h = self._global_step(state, x.reshape(B, c.global_dim)).reshape(B, 1, -1)
+        else:
+            h = self._stack(self.global_blocks, x, state.caches, self.global_norm)
         state.patches_done += K
         # contiguous first: numpy's matmul of a transposed view takes a loop ~20x slower
         h = np.ascontiguousarray(h.reshape(B * K, P, c.byte_dim).transpose(1, 0, 2))
@@ -332,6 +336,38 @@ class NpMegabyte:
         out = np.empty(acc.shape, np.int64)
         nbk._nb_requant(acc, self.to_local_mult, self.ints["to_local.shift"], RESIDUAL_LIMIT, out)
         return out.reshape(B, K, P, c.local_dim)
+
+    def _global_step(self, state: LaneState, x: np.ndarray) -> np.ndarray:
+        """One patch of the global model, x (B, D) int64 -> its final norm (B, D) float32
+        int8 values: nbkernels.global_step_fused over the lanes' KV caches (the same
+        integers as _stack)."""
+        B, D = x.shape
+        H = self.global_blocks[0].heads
+        bufs, at = [], []
+        for cache in state.caches:
+            kbuf, vbuf, n = cache.reserve(B, H, 1, D // H)
+            bufs.append((kbuf, vbuf))
+            at.append((n, *cache.commit(1)))
+        ns, los, his = (np.array(v, np.int64) for v in zip(*at, strict=True))
+        h = np.empty((B, D), np.float32)
+        g = self._fused_global
+        nbk.global_step_fused(
+            np.ascontiguousarray(x, dtype=np.int64),
+            tuple(k for k, _ in bufs),
+            tuple(v for _, v in bufs),
+            ns,
+            los,
+            his,
+            self.global_blocks[0].window,
+            g.w,
+            g.i64,
+            g.layout,
+            g.vw,
+            g.vc,
+            self.attn_exp,
+            h,
+        )
+        return h
 
     def _counts(self, h):
         acc = self.head(h)
