@@ -474,37 +474,36 @@ def _inp(smap, smi, off, b, d, k, v):
 
 
 @_inline
-def _begin_one(
-    counts,
-    b,
-    hist,
-    lane,
-    pend,
-    tree,
-    inputs,
-    pmix,
-    wsel,
-    psub,
-    smi,
-    o1,
-    ctab,
-    bm,
-    cpt,
-    match,
-    mconf,
-    smap,
-    w,
-    w2,
-    wf,
-    a1,
-    a2,
-    a3,
-    a4,
-    params,
-):
+def _begin_one(counts, b, st):
     """Start lane b's next byte: the prior's subtree sums, the match model's expected
     byte, the column predictions and the high-nibble bucket of every hashed context, kept
     in tree[b] and pend[b] for _node_one. Reads the shared state, writes lane b's only."""
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+    ) = st
     tr = tree[b]
     for i in range(256):
         tr[256 + i] = counts[i]
@@ -557,37 +556,36 @@ def _find_buckets(b, s, lane, pend, ctab, params):
 
 
 @_inline
-def _node_one(
-    n,
-    b,
-    hist,
-    lane,
-    pend,
-    tree,
-    inputs,
-    pmix,
-    wsel,
-    psub,
-    smi,
-    o1,
-    ctab,
-    bm,
-    cpt,
-    match,
-    mconf,
-    smap,
-    w,
-    w2,
-    wf,
-    a1,
-    a2,
-    a3,
-    a4,
-    params,
-):
+def _node_one(n, b, st):
     """p(bit = 1) in 1/65536 (1..65535) of node n, the next binary decision of lane b's
     byte (after _begin_one for it and _node_one for the nodes above n). The mixers'
     inputs and outputs are kept by depth for the update. Writes lane b's state only."""
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+    ) = st
     off = params[1]
     d = DEPTH[n]
     if d == 4:  # the low nibble's bucket, now that the high nibble is known
@@ -748,34 +746,33 @@ def _learn_apm(v, y):
 
 
 @_inline
-def _update_one(
-    sym,
-    b,
-    hist,
-    lane,
-    pend,
-    tree,
-    inputs,
-    pmix,
-    wsel,
-    psub,
-    smi,
-    o1,
-    ctab,
-    bm,
-    cpt,
-    match,
-    mconf,
-    smap,
-    w,
-    w2,
-    wf,
-    a1,
-    a2,
-    a3,
-    a4,
-    params,
-):
+def _update_one(sym, b, st):
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+    ) = st
     cap = hist.shape[1]
     mask = ctab.shape[1] // 16 - 1
     c1 = lane[b, L_C1]
@@ -969,129 +966,23 @@ def _window(hist, b, i, t):
     return v
 
 
-# The per-lane kernels take the block's state as these arrays (LaneModels.arrays()),
-# unpacked by name: numba inlines only calls without *args.
+# The per-lane kernels take the block's state as one tuple st (LaneModels.arrays()) and
+# unpack it by name (numba inlines no call with *args; inlined, the tuple costs nothing).
 @_jit
 def _begin_lanes(counts, active, lo, st):
-    (
-        hist,
-        lane,
-        pend,
-        tree,
-        inputs,
-        pmix,
-        wsel,
-        psub,
-        smi,
-        o1,
-        ctab,
-        bm,
-        cpt,
-        match,
-        mconf,
-        smap,
-        w,
-        w2,
-        wf,
-        a1,
-        a2,
-        a3,
-        a4,
-        params,
-    ) = st
     for i in range(counts.shape[0]):
         if active[i]:
-            _begin_one(
-                counts[i],
-                lo + i,
-                hist,
-                lane,
-                pend,
-                tree,
-                inputs,
-                pmix,
-                wsel,
-                psub,
-                smi,
-                o1,
-                ctab,
-                bm,
-                cpt,
-                match,
-                mconf,
-                smap,
-                w,
-                w2,
-                wf,
-                a1,
-                a2,
-                a3,
-                a4,
-                params,
-            )
+            _begin_one(counts[i], lo + i, st)
 
 
 @_jit
 def _node_tables(nodes, bits, active, table, st):
-    (
-        hist,
-        lane,
-        pend,
-        tree,
-        inputs,
-        pmix,
-        wsel,
-        psub,
-        smi,
-        o1,
-        ctab,
-        bm,
-        cpt,
-        match,
-        mconf,
-        smap,
-        w,
-        w2,
-        wf,
-        a1,
-        a2,
-        a3,
-        a4,
-        params,
-    ) = st
     i = 0
     for b in range(nodes.shape[0]):
         if active[b]:
             if bits.shape[0]:  # the child the last decision chose
                 nodes[b] = 2 * nodes[b] + bits[i]
-            p = _node_one(
-                nodes[b],
-                b,
-                hist,
-                lane,
-                pend,
-                tree,
-                inputs,
-                pmix,
-                wsel,
-                psub,
-                smi,
-                o1,
-                ctab,
-                bm,
-                cpt,
-                match,
-                mconf,
-                smap,
-                w,
-                w2,
-                wf,
-                a1,
-                a2,
-                a3,
-                a4,
-                params,
-            )
+            p = _node_one(nodes[b], b, st)
             table[i, 0] = 65536 - p
             table[i, 1] = p
             i += 1
@@ -1099,185 +990,25 @@ def _node_tables(nodes, bits, active, table, st):
 
 @_jit
 def _update_step(symbols, active, st):
-    (
-        hist,
-        lane,
-        pend,
-        tree,
-        inputs,
-        pmix,
-        wsel,
-        psub,
-        smi,
-        o1,
-        ctab,
-        bm,
-        cpt,
-        match,
-        mconf,
-        smap,
-        w,
-        w2,
-        wf,
-        a1,
-        a2,
-        a3,
-        a4,
-        params,
-    ) = st
     for b in range(symbols.shape[0]):
         if active[b]:
-            _update_one(
-                np.int64(symbols[b]),
-                b,
-                hist,
-                lane,
-                pend,
-                tree,
-                inputs,
-                pmix,
-                wsel,
-                psub,
-                smi,
-                o1,
-                ctab,
-                bm,
-                cpt,
-                match,
-                mconf,
-                smap,
-                w,
-                w2,
-                wf,
-                a1,
-                a2,
-                a3,
-                a4,
-                params,
-            )
+            _update_one(np.int64(symbols[b]), b, st)
 
 
 @_jit
 def _encode_chunk(counts, symbols, active, out, st):
-    (
-        hist,
-        lane,
-        pend,
-        tree,
-        inputs,
-        pmix,
-        wsel,
-        psub,
-        smi,
-        o1,
-        ctab,
-        bm,
-        cpt,
-        match,
-        mconf,
-        smap,
-        w,
-        w2,
-        wf,
-        a1,
-        a2,
-        a3,
-        a4,
-        params,
-    ) = st
     B, C = symbols.shape
     for c in range(C):  # lockstep: predict every lane at c, then learn in lane order
         for b in range(B):
             if active[b, c]:
-                _begin_one(
-                    counts[b, c],
-                    b,
-                    hist,
-                    lane,
-                    pend,
-                    tree,
-                    inputs,
-                    pmix,
-                    wsel,
-                    psub,
-                    smi,
-                    o1,
-                    ctab,
-                    bm,
-                    cpt,
-                    match,
-                    mconf,
-                    smap,
-                    w,
-                    w2,
-                    wf,
-                    a1,
-                    a2,
-                    a3,
-                    a4,
-                    params,
-                )
+                _begin_one(counts[b, c], b, st)
                 sym = symbols[b, c]
                 for d in range(8):
                     n = (256 + sym) >> (8 - d)
-                    out[b, c, d] = _node_one(
-                        n,
-                        b,
-                        hist,
-                        lane,
-                        pend,
-                        tree,
-                        inputs,
-                        pmix,
-                        wsel,
-                        psub,
-                        smi,
-                        o1,
-                        ctab,
-                        bm,
-                        cpt,
-                        match,
-                        mconf,
-                        smap,
-                        w,
-                        w2,
-                        wf,
-                        a1,
-                        a2,
-                        a3,
-                        a4,
-                        params,
-                    )
+                    out[b, c, d] = _node_one(n, b, st)
         for b in range(B):
             if active[b, c]:
-                _update_one(
-                    np.int64(symbols[b, c]),
-                    b,
-                    hist,
-                    lane,
-                    pend,
-                    tree,
-                    inputs,
-                    pmix,
-                    wsel,
-                    psub,
-                    smi,
-                    o1,
-                    ctab,
-                    bm,
-                    cpt,
-                    match,
-                    mconf,
-                    smap,
-                    w,
-                    w2,
-                    wf,
-                    a1,
-                    a2,
-                    a3,
-                    a4,
-                    params,
-                )
+                _update_one(np.int64(symbols[b, c]), b, st)
 
 
 def begin(models: LaneModels, counts: np.ndarray, active: np.ndarray, lo: int = 0) -> None:
