@@ -153,7 +153,7 @@ def describe(blob: bytes) -> str:
     """Each frame's segment methods, adaptive stage and first block's record length."""
     parts = []
     for at, fr in header_spans(blob):
-        methods = "".join("SZM"[s.method] for s in fr.segments)
+        methods = "".join("SZMA"[s.method] for s in fr.segments)
         record = ""
         if fr.blocks and fr.stage:
             body = at + fr.size + sum(s.payload for s in fr.segments)

@@ -70,9 +70,10 @@ import hashlib
 import numba as nb
 import numpy as np
 
-from .modelspec import COUNT_TOTAL
-
-ADAPTIVE_VERSION = 6
+from .modelspec import (
+    ADAPTIVE_VERSION,  # noqa: F401 - this stage's version, kept there
+    COUNT_TOTAL,
+)
 
 # ---- fixed-point conventions -------------------------------------------------------
 # probabilities: 16 bits (1..65535 of 65536); stretch domain: ln(p / (1 - p)) in 1/256,
@@ -1051,6 +1052,124 @@ def mix_chunk(models: LaneModels, counts: np.ndarray, symbols: np.ndarray, activ
     out = np.zeros((*symbols.shape, 8), np.int64)
     _encode_chunk(counts, symbols, active, out, models.arrays())
     return out
+
+
+# ---- stage streams: the stage alone on one segment, without the model ----------------
+# A segment can be coded by the stage alone: one lane, a flat prior (every byte
+# COUNT_TOTAL / 256) and a binary arithmetic coder compiled with it, so each byte is one
+# compiled loop (no model, no Python call per decision). The stream: the record length
+# (u32, little-endian), then the coder's bytes. The coder keeps a 32-bit interval
+# [x1, x2]; a decision with p(bit = 1) = p / 65536 splits it at
+# xmid = x1 + (r >> 16) * p + ((r & 0xFFFF) * p >> 16), r = x2 - x1: bit 1 keeps
+# [x1, xmid], bit 0 [xmid + 1, x2]; while x1 and x2 share their top byte it is written
+# and both shift left by 8 (x2 filling with ones). The encoder ends with x1's top byte;
+# the decoder reads 0xFF beyond the end of the stream.
+FLAT_COUNT = COUNT_TOTAL // 256
+STAGE_HEAD = 4  # bytes of a stage stream's record length
+
+
+@_inline
+def _split(x1, x2, p):
+    r = x2 - x1
+    return x1 + (r >> 16) * p + (((r & 0xFFFF) * p) >> 16)
+
+
+@_jit
+def _encode_lane(data, out, checks, limits, st):
+    """Code data (n,) uint8 as lane 0 of the fresh state st into out (at least 2n + 16
+    bytes, after STAGE_HEAD bytes); returns the stream length (head included), or -1 as
+    soon as the output reaches limits[j] bytes at position checks[j] (increasing)."""
+    counts = np.full(256, FLAT_COUNT, np.int64)
+    x1 = np.int64(0)
+    x2 = np.int64(0xFFFFFFFF)
+    k = STAGE_HEAD
+    j = 0
+    for t in range(data.shape[0]):
+        if j < checks.shape[0] and t == checks[j]:
+            if k >= limits[j]:
+                return -1
+            j += 1
+        _begin_one(counts, 0, st)
+        sym = np.int64(data[t])
+        for d in range(8):
+            n = (256 + sym) >> (8 - d)
+            xmid = _split(x1, x2, _node_one(n, 0, st))
+            if (sym >> (7 - d)) & 1:
+                x2 = xmid
+            else:
+                x1 = xmid + 1
+            while ((x1 ^ x2) >> 24) == 0:
+                out[k] = x2 >> 24
+                k += 1
+                x1 = (x1 << 8) & 0xFFFFFFFF
+                x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+        _update_one(sym, 0, st)
+    out[k] = x1 >> 24
+    return k + 1
+
+
+@_jit
+def _decode_lane(stream, out, st):
+    """Decode out.shape[0] bytes of lane 0 of the fresh state st from stream (its coder
+    bytes, after the head) into out."""
+    counts = np.full(256, FLAT_COUNT, np.int64)
+    x1 = np.int64(0)
+    x2 = np.int64(0xFFFFFFFF)
+    x = np.int64(0)
+    m = stream.shape[0]
+    pos = 0
+    for _ in range(4):
+        x = (x << 8) | (np.int64(stream[pos]) if pos < m else 255)
+        pos += 1
+    for t in range(out.shape[0]):
+        _begin_one(counts, 0, st)
+        n = 1
+        for _d in range(8):
+            xmid = _split(x1, x2, _node_one(n, 0, st))
+            if x <= xmid:
+                x2 = xmid
+                n = 2 * n + 1
+            else:
+                x1 = xmid + 1
+                n = 2 * n
+            while ((x1 ^ x2) >> 24) == 0:
+                x1 = (x1 << 8) & 0xFFFFFFFF
+                x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+                x = ((x << 8) & 0xFFFFFFFF) | (np.int64(stream[pos]) if pos < m else 255)
+                pos += 1
+        out[t] = n - 256
+        _update_one(n - 256, 0, st)
+
+
+def encode_stage(data: bytes, limits: tuple[tuple[int, int], ...] = ()) -> bytes | None:
+    """The stage stream of `data` (the stage alone, flat prior, one lane; record length
+    from choose_record), or None once it reaches `limit` bytes at position `pos` for any
+    (pos, limit) in `limits` (positions increasing: an encoder giving up early)."""
+    n = len(data)
+    record = choose_record([data]) if n else 0
+    models = LaneModels(1, n, record)
+    out = np.zeros(2 * n + 16, np.uint8)
+    checks = np.array([p for p, _ in limits], np.int64)
+    caps = np.array([c for _, c in limits], np.int64)
+    k = _encode_lane(np.frombuffer(data, np.uint8), out, checks, caps, models.arrays())
+    if k < 0:
+        return None
+    return record.to_bytes(STAGE_HEAD, "little") + out[STAGE_HEAD:k].tobytes()
+
+
+def decode_stage(stream: bytes, length: int) -> bytes:
+    """The `length` bytes coded in the stage stream `stream`. Raises ValueError for a
+    stream no encoder wrote where that shows (no head, record length out of range); any
+    other damage decodes to wrong bytes, which the container's CRC catches."""
+    if len(stream) < STAGE_HEAD:
+        raise ValueError("corrupt stage stream: no record length")
+    record = int.from_bytes(stream[:STAGE_HEAD], "little")
+    if record > RECORD_LIMIT:
+        raise ValueError("corrupt stage stream: record length out of range")
+    models = LaneModels(1, length, record)
+    out = np.zeros(length, np.uint8)
+    _decode_lane(np.frombuffer(stream, np.uint8)[STAGE_HEAD:], out, models.arrays())
+    return out.tobytes()
 
 
 def path_bits(probs: np.ndarray, symbols: np.ndarray) -> np.ndarray:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# the adaptive stage's format version (megazip/adaptive.py; here so that reading a header
+# needs no numba)
+ADAPTIVE_VERSION = 6
+
 # ---- the integer coding model's fixed constants (megazip/intmodel.py documents them)
 COUNT_BITS = 24
 COUNT_TOTAL = 1 << COUNT_BITS  # every count table sums to this

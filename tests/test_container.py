@@ -30,7 +30,7 @@ from megazip.evaluate import int_code_lengths
 from megazip.intmodel import COUNT_TOTAL
 from megazip.kernels import TorchKernels
 
-STORED, ZSTD, MODEL = 0, 1, 2
+STORED, ZSTD, MODEL, STAGE = 0, 1, 2, 3
 KNOWN_FLAGS = container.KNOWN_FLAGS
 # model streams without the adaptive stage: their tables are the integer model's alone,
 # which documented_stream() re-derives
@@ -105,8 +105,9 @@ def parse_frame(blob: bytes, at: int = 0) -> dict:
     h["crc"] = 0
     if h["length"]:
         h["segment_size"] = r.varint()
-        if h["flags"] & 2:
+        if h["flags"] & 6:
             h["stage"] = r.u8()
+        if h["flags"] & 2:
             h["name"] = r.take(r.u8()).decode()
             h["model_hash"] = r.take(32)
             h["lanes"] = r.varint()
@@ -114,8 +115,8 @@ def parse_frame(blob: bytes, at: int = 0) -> dict:
         for i in range(-(-h["length"] // seg)):
             length = min(seg, h["length"] - i * seg)
             method = r.u8()
-            payload = {STORED: length, ZSTD: None, MODEL: 0}[method]
-            if method == ZSTD:
+            payload = {STORED: length, ZSTD: None, MODEL: 0, STAGE: None}[method]
+            if method in (ZSTD, STAGE):
                 payload = r.varint()
             h["segments"].append((method, payload, length))
         h["blocks"] = [r.varint() for _ in expected_blocks(h["segments"], h["lanes"])]
@@ -152,11 +153,13 @@ def pack(h: dict) -> bytes:
     out += leb128(h["length"])
     if h["length"]:
         out += leb128(h["segment_size"])
+        if h["flags"] & 6:
+            out += bytes([h["stage"]])
         if h["flags"] & 2:
             name = h["name"].encode()
-            out += bytes([h["stage"], len(name)]) + name + h["model_hash"] + leb128(h["lanes"])
+            out += bytes([len(name)]) + name + h["model_hash"] + leb128(h["lanes"])
         for method, payload, _ in h["segments"]:
-            out += bytes([method]) + (leb128(payload) if method == ZSTD else b"")
+            out += bytes([method]) + (leb128(payload) if method in (ZSTD, STAGE) else b"")
         out += b"".join(leb128(b) for b in h["blocks"]) + struct.pack("<I", h["crc"])
     return out + struct.pack("<I", zlib.crc32(out))
 
@@ -206,6 +209,34 @@ def documented_stream(int_model, pieces: list[bytes]) -> bytes:
     return words.astype("<u4").tobytes()
 
 
+def arithmetic_code(bits, probs) -> bytes:
+    """The binary arithmetic coder of FORMAT.md ("Stage segments"), written from the
+    document: decisions `bits` with p(bit = 1) = probs / 65536."""
+    x1, x2, out = 0, 0xFFFFFFFF, bytearray()
+    for y, p in zip(bits, probs, strict=True):
+        r = x2 - x1
+        xmid = x1 + (r >> 16) * p + ((r & 0xFFFF) * p >> 16)
+        x1, x2 = (x1, xmid) if y else (xmid + 1, x2)
+        while (x1 ^ x2) >> 24 == 0:
+            out.append(x2 >> 24)
+            x1, x2 = (x1 << 8) & 0xFFFFFFFF, ((x2 << 8) & 0xFFFFFFFF) | 0xFF
+    return bytes(out + bytes([x1 >> 24]))
+
+
+def documented_stage_stream(piece: bytes) -> bytes:
+    """A stage segment's payload as FORMAT.md says: the record length (u32), then the
+    arithmetic code of the byte's decisions (most significant first) under the adaptive
+    stage's probabilities for one lane with a flat prior (adaptive.mix_chunk)."""
+    record = adaptive.choose_record([piece])
+    sym = np.frombuffer(piece, np.uint8).astype(np.int64)[None]
+    counts = np.full((1, len(piece), 256), COUNT_TOTAL // 256, np.int64)
+    probs = adaptive.mix_chunk(
+        adaptive.LaneModels(1, len(piece), record), counts, sym, np.ones(sym.shape, bool)
+    )[0]
+    bits = ((sym[0][:, None] >> np.arange(7, -1, -1)) & 1).ravel()
+    return struct.pack("<I", record) + arithmetic_code(bits.tolist(), probs.ravel().tolist())
+
+
 def check_layout(blob: bytes, data: bytes, int_model) -> dict:
     """Everything FORMAT.md promises about `blob`, checked independently of the reader;
     the header of its first frame."""
@@ -214,7 +245,7 @@ def check_layout(blob: bytes, data: bytes, int_model) -> dict:
     assert len(info.frames) == len(frames) and info.size == len(blob)
     at_data = 0
     for k, (h, r) in enumerate(zip(frames, info.frames, strict=True)):
-        assert h["version"] == container.VERSION == 2
+        assert h["version"] == container.VERSION == 3
         assert h["flags"] & ~KNOWN_FLAGS == 0, "unknown flag bits written"
         assert h["index"] == k and bool(h["flags"] & 1) == (k == len(frames) - 1)
         assert h["header_size"] == r.size
@@ -226,6 +257,10 @@ def check_layout(blob: bytes, data: bytes, int_model) -> dict:
         assert r.block_members() == expected_blocks(h["segments"], h["lanes"])
         has_model = any(s[0] == MODEL for s in h["segments"])
         assert bool(h["flags"] & 2) == has_model
+        has_stage = any(s[0] == STAGE for s in h["segments"])
+        assert bool(h["flags"] & 4) == has_stage
+        if has_stage:
+            assert h["stage"] == r.stage == adaptive.ADAPTIVE_VERSION
         if has_model:
             assert h["name"] == r.model_name and h["model_hash"] == r.model_hash
             assert h["model_hash"] == bytes.fromhex(int_model.content_hash())
@@ -248,6 +283,8 @@ def check_layout(blob: bytes, data: bytes, int_model) -> dict:
             pos += payload
             if method == STORED:
                 assert body == piece and payload == length
+            elif method == STAGE:
+                assert payload < length and body == documented_stage_stream(piece)
             else:
                 assert method == ZSTD and zstandard.ZstdDecompressor().decompress(body) == piece
                 assert payload < length
@@ -668,7 +705,7 @@ def test_wrong_magic_is_refused(mixed_blob, trained):
         container.scan(zstd19(b"not a megazip file"))
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 255])
+@pytest.mark.parametrize("version", [0, 1, 4, 255])
 def test_unknown_version_is_refused(mixed_blob, trained, version):
     _, blob = mixed_blob
     bad = bytearray(blob)
@@ -679,7 +716,7 @@ def test_unknown_version_is_refused(mixed_blob, trained, version):
         container.decompress(reframe(blob, version=version), trained)
 
 
-@pytest.mark.parametrize("flags", [0x80, 0x40, 0x04])
+@pytest.mark.parametrize("flags", [0x80, 0x40, 0x08])
 def test_unknown_flags_are_refused(mixed_blob, trained, flags):
     """Flags announce features that change how the body is read: a reader that does not
     know one must refuse the file rather than misread it."""
@@ -749,6 +786,102 @@ def test_a_file_without_model_segments_needs_no_model(rand, trained):
     blob = container.compress(data, rand)
     assert container.decompress(blob, trained) == data
     assert container.decompress(blob) == data
+
+
+def binary_table(n: int) -> bytes:
+    """Fixed-width binary records (a counter, a flag, a slowly rising value): what the
+    adaptive stage alone codes better than the model."""
+    out = bytearray()
+    for i in range(-(-n // 12)):
+        value = (1000 + i // 7).to_bytes(6, "little")
+        out += i.to_bytes(4, "little") + bytes([i * 7 % 3, 0]) + value
+    return bytes(out[:n])
+
+
+def test_stage_segments_round_trip_and_follow_format_md(trained):
+    """Where the adaptive stage alone wins, the frame is stage segments (flag STAGE, one
+    segment per whole MiB); each payload is what FORMAT.md's arithmetic coder makes of the
+    stage's probabilities (check_layout re-derives it), and no model is named."""
+    data = binary_table(30_000)
+    blob, stats = roundtrip(data, trained)
+    h = check_layout(blob, data, trained)
+    assert [s[0] for s in h["segments"]] == [STAGE] and h["flags"] == 1 | 4
+    assert h["name"] == "" and h["stage"] == adaptive.ADAPTIVE_VERSION
+    assert stats["stage_bytes"] == h["segments"][0][1] < len(zstd19(data)) // 2
+    big = binary_table(2 * 1024 * 1024 + 1000)  # two segments, coded on their own
+    blob = container.compress(big, trained, frame_size=1 << 23)
+    frames = parse_file(blob)
+    assert [(s[0], s[2]) for s in frames[0]["segments"]] == [(STAGE, 1049088), (STAGE, 1049064)]
+    assert container.decompress(blob, trained, threads=2) == big
+
+
+def test_a_given_layout_or_no_adaptive_stage_never_makes_stage_segments(trained):
+    data = binary_table(30_000)
+    for options in (dict(segment_size=4096), dict(lanes=4), dict(adaptive=False)):
+        blob, stats = roundtrip(data, trained, **options)
+        assert "stage" not in stats["methods"], options
+
+
+def test_the_stage_gives_up_where_it_is_behind():
+    """encode_stage stops at a (position, size) limit it has reached, and only there."""
+    data = binary_table(20_000)
+    whole = adaptive.encode_stage(data)
+    assert adaptive.decode_stage(whole, len(data)) == data
+    assert adaptive.encode_stage(data, ((10_000, 10),)) is None
+    assert adaptive.encode_stage(data, ((10_000, len(whole)), (15_000, len(whole)))) == whole
+    assert adaptive.encode_stage(b"") == bytes(4) + b"\x00"
+    assert adaptive.decode_stage(bytes(5), 0) == b""
+
+
+def test_stage_frames_decode_without_the_model_or_torch(trained, tmp_path):
+    """A frame of stage segments names no model: decoding it loads none (a fresh
+    interpreter, a model name that does not exist)."""
+    import subprocess
+    import sys
+
+    blob = container.compress(binary_table(20_000), trained)
+    (tmp_path / "t.mgz").write_bytes(blob)
+    code = (
+        "import sys\n"
+        "from megazip import container\n"
+        f"data = container.decompress(open({str(tmp_path / 't.mgz')!r}, 'rb').read(), 'no-such')\n"
+        "assert 'torch' not in sys.modules, 'imported'\n"
+        "print(len(data))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 20_000
+
+
+def test_damaged_stage_segments_are_format_errors(trained):
+    data = binary_table(20_000)
+    blob = container.compress(data, trained)
+    h = parse(blob)
+    at = h["header_size"]
+    for pos in (0, 3, 4, 10, len(blob) - at - 1):  # record length, code, last byte
+        bad = bytearray(blob)
+        bad[at + pos] ^= 0x40
+        with pytest.raises(FormatError):
+            container.decompress(bytes(bad), trained)
+    with pytest.raises(FormatError, match="record length"):
+        body = b"\xff\xff\xff\x00" + blob[at + 4 :]
+        container.decompress(reframe(blob, body=body), trained)
+    (method, payload, length) = h["segments"][0]
+    for forged in ([(STAGE, 4, length)], [(STAGE, length, length)]):  # too short, too long
+        with pytest.raises(FormatError, match="corrupt header"):
+            container.decompress(reframe(blob, segments=forged), trained)
+    with pytest.raises(FormatError, match="segment table"):  # stage segments, no flag STAGE
+        container.decompress(reframe(blob, flags=1, stage=0), trained)
+    with pytest.raises(FormatError):  # STAGE without a stage version
+        container.decompress(reframe(blob, stage=0), trained)
+
+
+def test_format_2_files_still_decode_and_never_hold_stage_segments(mixed_blob, trained):
+    data, blob = mixed_blob
+    assert container.decompress(reframe(blob, version=2), trained) == data
+    staged = container.compress(binary_table(20_000), trained)
+    with pytest.raises(FormatError, match="flags"):
+        container.decompress(reframe(staged, version=2), trained)
 
 
 def test_checksum_is_verified(mixed_blob, trained):

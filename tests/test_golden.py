@@ -35,7 +35,7 @@ def test_every_kind_is_there():
     assert set(MANIFEST) == set(make.KINDS)
     frames = {name: e["frames"] for name, e in MANIFEST.items()}
     methods = "".join(f["methods"] for fs in frames.values() for f in fs)
-    assert set(methods) == {"S", "Z", "M"}
+    assert set(methods) == {"S", "Z", "M", "A"}  # stored, zstd, model, stage
     assert frames["empty"] == [{"methods": "", "stage": 0}]
     assert frames["model-plain"][0]["stage"] == 0 and "M" in frames["model-plain"][0]["methods"]
     assert frames["model-record"][0]["records"][0] > 0, "no record length signalled"

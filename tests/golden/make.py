@@ -58,6 +58,15 @@ def records(seed: int, n: int) -> bytes:
         out += b"%05d,%-8s,%05d\n" % (i, names[v % 4], (v >> 8) % 100000)
 
 
+def table(seed: int, n: int) -> bytes:
+    """Binary records of 12 bytes: a counter, a small field, a slowly changing value."""
+    out = bytearray()
+    for i, v in enumerate(stream(seed)):
+        if len(out) >= n:
+            return bytes(out[:n])
+        out += i.to_bytes(4, "little") + bytes([v % 3, 0]) + (1000 + i // 7).to_bytes(6, "little")
+
+
 # name -> (input, compress options): every kind of container
 KINDS = {
     "empty": (lambda: b"", {}),
@@ -70,6 +79,7 @@ KINDS = {
         lambda: text(6, 512) + noise(7, 256) + text(8, 512),
         {"segment_size": 256, "lanes": 2},
     ),
+    "stage": (lambda: table(11, 6000), {}),
     "frames": (
         lambda: text(9, 1536) + noise(10, 512) + bytes(512),
         {"frame_size": 1024, "segment_size": 256, "lanes": 4},
@@ -139,7 +149,8 @@ def main(argv=None) -> int:
             "mgz_bytes": len(blob),
             "mgz_sha256": hashlib.sha256(blob).hexdigest(),
             "frames": [
-                {"methods": "".join("SZM"[s.method] for s in f.segments), "stage": f.stage}
+                # methods: Stored, Zstd, Model, Adaptive stage alone
+                {"methods": "".join("SZMA"[s.method] for s in f.segments), "stage": f.stage}
                 | ({"records": records_of(blob, at, f)} if f.stage else {})
                 for at, f in zip(offsets(info), info.frames, strict=True)
             ],
