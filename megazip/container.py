@@ -64,10 +64,10 @@ MAX_NAME = 255
 # What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
 # adaptive stage's state per lane and its shared tables (at their caps).
 STATE_PER_LANE = 35_000
-STATE_SHARED = 250_000_000
+STATE_SHARED = 255_000_000
 # Adaptive-stage versions of format-2 files that this release no longer decodes, and the
 # megazip release that does.
-OLD_STAGES = {3: "0.2.0", 4: "0.3.0", 5: "0.4.0"}
+OLD_STAGES = {3: "0.2.0", 4: "0.3.0", 5: "0.4.0", 6: "0.5.0"}
 
 # Writer defaults.
 FRAME_SIZE = 8 << 20  # bytes of input per frame (see FORMAT.md, "Frames": costs ~nothing)
@@ -87,6 +87,8 @@ LAYOUT_SEGMENT = 16384
 BLOCK_BYTES = 1 << 20
 SEGMENT_ALIGN = 64  # default segment sizes are multiples of this (of every patch size)
 STREAM_OVERHEAD = 4  # bytes a model segment is assumed to cost beyond its ideal length
+RECODE_MIN_GAIN = 200  # a block is re-coded without the segments that lost only where
+# they would save 1/200 of its stream (_code_block)
 # Stage frames (format 3): with the default layout, the writer also codes the frame with
 # the adaptive stage alone (adaptive.encode_stage: no model, one lane per segment, one
 # segment per whole BLOCK_BYTES) and keeps whichever frame is smaller. Where the model
@@ -749,7 +751,10 @@ def _code_block(int_model, pieces, zpieces, idx, adaptive, progress, threads=Non
     storing). The adaptive stage's record length depends on all of a block's lanes, so
     re-coding without the segments that lost can change the members' costs: the block is
     re-coded, and the choice re-checked, until every member still wins (members only
-    leave, so this ends; the same input always gives the same result)."""
+    leave, so this ends; the same input always gives the same result). A re-coding costs
+    a whole pass of the model: where the segments that lost would save less than
+    1 / RECODE_MIN_GAIN of the stream together (ptt5: 32 bytes of 25 KB, two passes),
+    they stay members instead."""
     members, coded = list(idx), None
     while members:
         prior: list[float] = []
@@ -762,13 +767,17 @@ def _code_block(int_model, pieces, zpieces, idx, adaptive, progress, threads=Non
             threads=threads,
         )
         coded = members
+        alternative = {i: min(len(zpieces[i]), len(pieces[i])) for i in coded}
         members = [
-            i
-            for i, b in zip(coded, bits, strict=True)
-            if b / 8 + STREAM_OVERHEAD < min(len(zpieces[i]), len(pieces[i]))
+            i for i, b in zip(coded, bits, strict=True) if b / 8 + STREAM_OVERHEAD < alternative[i]
         ]
-        if members == coded:
-            return members, stream, bits, prior
+        excess = sum(
+            b / 8 + STREAM_OVERHEAD - alternative[i]
+            for i, b in zip(coded, bits, strict=True)
+            if i not in members
+        )
+        if members == coded or (members and excess * RECODE_MIN_GAIN < len(stream)):
+            return coded, stream, bits, prior
     return [], b"", [], []
 
 
