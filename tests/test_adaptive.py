@@ -291,6 +291,20 @@ def test_forgetting_counters_gain_on_records_whose_fields_change_regime():
     assert stage_bits(data, 8) < 0.997 * stage_bits(data, 8, adaptive.OFF_FORGET)
 
 
+def test_set_associative_buckets_gain_on_a_long_text_of_many_words():
+    """300 KB of words drawn from a large vocabulary (Zipf): far more contexts than places
+    in the hashed tables, most of them seen once; with 4 places per bucket the contexts
+    that recur keep theirs (1 % here)."""
+    rng = np.random.default_rng(22)
+    vocab = [
+        bytes(rng.integers(97, 123, int(rng.integers(2, 9))).astype(np.uint8)) for _ in range(20000)
+    ]
+    zipf = 1.0 / np.arange(1, 20001)
+    words = rng.choice(20000, 60000, p=zipf / zipf.sum())
+    data = b" ".join(vocab[i] for i in words)[:300_000]
+    assert stage_bits(data, 0) < 0.995 * stage_bits(data, 0, adaptive.OFF_WAYS)
+
+
 def markov_text(n, seed):
     """n bytes from a random order-2 Markov chain over 23 characters (skewed rows)."""
     rng = np.random.default_rng(seed)
