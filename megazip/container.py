@@ -102,6 +102,13 @@ RECODE_MIN_GAIN = 200  # a block is re-coded without the segments that lost only
 # ptt5, where it wins by 8 %, 1.4 % behind at a quarter and 5 % ahead at half.
 STAGE_CHECKS = ((1 / 4, 1080), (1 / 2, 1040))
 STAGE_CHECK_MIN = 1 << 16
+# ... and the other way round: a frame of at least STAGE_FIRST_MIN bytes whose first
+# eighth (at least STAGE_FIRST_MIN bytes) the stage alone codes in under
+# STAGE_FIRST_BITS / 1000 bits a byte is not given to the model at all (at such
+# densities the stage's long contexts leave the prior nothing to add, and one lane beats
+# many: kennedy.xls, ptt5, long runs), which saves the model's pass over it.
+STAGE_FIRST_MIN = 1 << 16
+STAGE_FIRST_BITS = 500
 STAGE_MIN_PAYLOAD = 5  # the record length (4 bytes) and at least one coder byte
 # "the model cannot help": every PROBE_WINDOW of the frame loses less than PROBE_GAIN of
 # its size to zstd at PROBE_LEVEL (random or already compressed bytes)
@@ -621,7 +628,6 @@ class _Writer:
     def _modelled(self, data: bytes, index: int, crc: int, flags: int):
         from .modelspec import ADAPTIVE_VERSION
 
-        int_model = self._load()
         adaptive, lanes, st = self.adaptive, self.lanes, self.stats
         if self.segment_size is None and lanes is None:
             seg, lanes = default_layout(len(data))
@@ -640,6 +646,17 @@ class _Writer:
         ]
         jobs = [([pieces[i] for i in g], [zpieces[i] for i in g], adaptive) for g in groups]
         staging = adaptive and self.segment_size is None and self.lanes is None
+        if staging and len(data) >= STAGE_FIRST_MIN:
+            from .adaptive import encode_stage
+
+            head = data[: max(STAGE_FIRST_MIN, len(data) // 8)]
+            if 8000 * len(encode_stage(head)) < STAGE_FIRST_BITS * len(head):
+                whole = zc.compress(data)
+                staged = self._staged(data, index, crc, flags, None, seg, len(whole))
+                if staged is not None:
+                    st["zstd_bytes"] += len(whole)
+                    return staged
+        int_model = self._load()
         results = _run_blocks(_code_block_job, jobs, int_model, self.threads, self.progress)
         cost = [0.0] * len(pieces)  # each segment's bytes in the model frame (estimated)
         for idx, (local, stream, bits, prior) in zip(groups, results, strict=True):
@@ -690,7 +707,8 @@ class _Writer:
     def _staged(self, data, index, crc, flags, cost, seg, best):
         """The frame as stage segments (adaptive.encode_stage), if it comes out smaller
         than `best` bytes, else None. `cost`: each model-frame segment's bytes (segments
-        of `seg` bytes), for the stage's early give-up (STAGE_CHECKS). It runs after the
+        of `seg` bytes), for the stage's early give-up (STAGE_CHECKS; None: no model
+        frame to compare with, no give-up). It runs after the
         model frame, not beside it: both at once held both sets of tables (alice29.txt:
         peak RSS 451 -> 674 MB)."""
         from .modelspec import ADAPTIVE_VERSION
@@ -699,7 +717,7 @@ class _Writer:
         pieces = stage_pieces(data)
         size = len(pieces[0])
         acc = [0.0]
-        for c in cost:
+        for c in cost or ():
             acc.append(acc[-1] + c)
 
         def spent(x: int) -> float:  # the model frame's bytes for data[:x], interpolated
@@ -710,7 +728,7 @@ class _Writer:
         for a in range(0, n, size):
             m = min(size, n - a)
             limits = ()
-            if m >= STAGE_CHECK_MIN:
+            if cost is not None and m >= STAGE_CHECK_MIN:
                 limits = tuple(
                     (int(m * f), int((spent(a + int(m * f)) - spent(a)) * pm / 1000) + 16)
                     for f, pm in STAGE_CHECKS
