@@ -115,7 +115,7 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path):
     cmd = [
         str(ROOT / ".venv/bin/torchrun") if (ROOT / ".venv/bin/torchrun").exists() else "torchrun",
         "--nproc_per_node=2",
-        "--master_port=29517",
+        "--standalone",  # a free port of its own: a fixed one can be taken
         "--no_python",
         *megazip_cmd(
             "train",
