@@ -14,7 +14,10 @@ file's coded size (every segment at the cheapest of its model cost bits / 8 +
 container.STREAM_OVERHEAD, zstd -19 and stored, as container._code_block chooses; no
 headers, no re-coding without the segments that lost), plus the stage's CPU time
 (process time, after a warm-up that compiles it: steadier than wall time on a busy
-machine).
+machine). With --stage-frames the estimate is also the writer's other choice: the stage
+alone on container.stage_pieces (one lane each, flat prior; its ideal length + 5 bytes a
+piece), the smaller of the two kept as the writer does (the "alone" column; 0: not
+tried).
 
 --prior flat replaces the prior by flat counts (every byte COUNT_TOTAL / 256), --prior
 none measures the prior alone (no stage). --json FILE writes the figures.
@@ -159,7 +162,22 @@ def replay(segments, prior, mode="shipped", stage=None):
     return bits, secs
 
 
-def measure(path: Path, priors: Priors, mode: str, stage=None) -> dict:
+def stage_alone_bytes(data: bytes, stage=None) -> tuple[float, float]:
+    """(bytes, stage seconds) of `data` as the writer's stage segments: the ideal code
+    length of each of container.stage_pieces coded alone (one lane, flat prior) plus
+    adaptive.STAGE_HEAD + 1 bytes a piece."""
+    from megazip import adaptive, container
+
+    total = secs = 0.0
+    for piece in container.stage_pieces(data):
+        shape = np.broadcast_to(np.zeros((1, 1, 256), np.int32), (1, len(piece), 256))
+        bits, s = replay([piece], shape, "flat", stage)
+        total += bits.sum() / 8 + adaptive.STAGE_HEAD + 1
+        secs += s
+    return total, secs
+
+
+def measure(path: Path, priors: Priors, mode: str, stage=None, frames=False) -> dict:
     from megazip import container
 
     data = path.read_bytes()
@@ -180,12 +198,18 @@ def measure(path: Path, priors: Priors, mode: str, stage=None) -> dict:
         import zstandard
 
         est = min(len(data), len(zstandard.ZstdCompressor(level=19).compress(data)))
+    alone = 0.0
+    if frames and blocks:
+        alone, s = stage_alone_bytes(data, stage)
+        secs += s
+        est = min(est, alone)
     return {
         "file": path.name,
         "bytes": len(data),
         "bits_per_byte": 8 * ideal / modelled if modelled else math.nan,
         "ideal_bytes": ideal,
         "est_bytes": est,
+        "alone_bytes": alone,
         "stage_s": secs,
     }
 
@@ -227,18 +251,22 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--prior", choices=("shipped", "flat", "none"), default="shipped")
     ap.add_argument("--json")
     ap.add_argument("--stage", help="a variant of megazip/adaptive.py to replay instead")
+    ap.add_argument(
+        "--stage-frames", action="store_true", help="also the stage alone, as the writer tries"
+    )
     args = ap.parse_args(argv)
     priors = Priors(args.model)
     stage = load_stage(args.stage) if args.stage else None
     warm_up(stage)
     rows = []
     for f in files_of(args.paths):
-        r = measure(f, priors, args.prior, stage)
+        r = measure(f, priors, args.prior, stage, args.stage_frames)
         rows.append(r)
         mbs = r["bytes"] / 1e6 / r["stage_s"] if r["stage_s"] else math.inf
         print(
             f"{r['file']:<34} {r['bytes']:>9,} {r['bits_per_byte']:7.4f} "
-            f"{r['ideal_bytes']:>11,.1f} {r['est_bytes']:>11,.1f} {r['stage_s']:6.2f}s "
+            f"{r['ideal_bytes']:>11,.1f} {r['est_bytes']:>11,.1f} {r['alone_bytes']:>11,.1f} "
+            f"{r['stage_s']:6.2f}s "
             f"{mbs:6.3f} MB/s",
             flush=True,
         )
@@ -247,7 +275,9 @@ def main(argv=None) -> list[dict]:
     print(
         f"{'TOTAL':<34} {n:>9,} {8 * sum(r['ideal_bytes'] for r in rows) / n:7.4f} "
         f"{sum(r['ideal_bytes'] for r in rows):>11,.1f} "
-        f"{sum(r['est_bytes'] for r in rows):>11,.1f} {s:6.2f}s {n / 1e6 / s if s else 0:6.3f} MB/s"
+        f"{sum(r['est_bytes'] for r in rows):>11,.1f} "
+        f"{sum(r['alone_bytes'] for r in rows):>11,.1f} "
+        f"{s:6.2f}s {n / 1e6 / s if s else 0:6.3f} MB/s"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
