@@ -81,6 +81,18 @@ def test_output_is_identical_for_any_number_of_threads(trained, monkeypatch):
     assert container.decompress(one, trained, threads=2) == data
 
 
+def test_stage_frames_are_identical_for_any_number_of_threads(trained, monkeypatch):
+    """Stage segments coded and decoded in worker processes (-T 2) give the bytes of one
+    thread (stage segments of 64 KiB here, so that a small input has three)."""
+    monkeypatch.setattr(container, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(container, "BLOCK_BYTES", 1 << 16)
+    data = b"".join(i.to_bytes(4, "little") + bytes([i % 3, 0, 7, 9]) for i in range(25_000))
+    one = container.compress(data, trained, threads=1)
+    assert [s.method for s in container.scan(one).segments] == [container.STAGE] * 3
+    assert container.compress(data, trained, threads=2) == one
+    assert container.decompress(one, trained, threads=2) == data
+
+
 def test_cli_threads_give_the_same_file(tmp_path):
     src = tmp_path / "in.txt"
     src.write_bytes(word_text(5, 5000))
