@@ -59,7 +59,8 @@ ZSTD_LEVEL = 19
 MAX_FRAME = 1 << 26  # original bytes of one frame
 MAX_SEGMENTS = 1 << 16  # segments of one frame
 MAX_LANES = 1 << 10  # lanes (segments) of one block: bounds a decoder's per-lane state
-MAX_RATIO = 256  # a block's lanes hold at most this many bytes per byte of its stream
+MAX_RATIO = 256  # a block's lanes (a stage segment) hold at most this many bytes per byte
+# of its stream: a reader's work is bounded by the bytes it is given
 MAX_NAME = 255
 # What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
 # adaptive stage's state per lane and its shared tables (at their caps).
@@ -358,8 +359,8 @@ def read_frame(src: _Source, index: int) -> Frame:
                 payload = 0
             elif method == STAGE and flags & FLAG_STAGE:
                 payload = src.varint(seg_len - 1)  # as zstd: smaller than storing
-                if payload < STAGE_MIN_PAYLOAD:
-                    raise FormatError("corrupt header (stage payload too short)")
+                if payload < STAGE_MIN_PAYLOAD or payload * MAX_RATIO < seg_len:
+                    raise FormatError("corrupt header (stage payload size)")
             else:
                 raise FormatError("corrupt header (segment table)")
             fr.segments.append(Segment(method, seg_len, payload))
@@ -739,12 +740,16 @@ class _Writer:
             return None
         segments, payloads = [], []
         for piece, stream in zip(pieces, streams, strict=True):
-            if len(stream) < len(piece):
+            if len(stream) < len(piece) and len(stream) * MAX_RATIO >= len(piece):
                 segments.append(Segment(STAGE, len(piece), len(stream)))
                 payloads.append(stream)
-            else:
-                segments.append(Segment(STORED, len(piece), len(piece)))
-                payloads.append(piece)
+                continue
+            # outside what a reader accepts (FORMAT.md, "Limits"), or no smaller than
+            # storing: zstd or stored instead
+            zpiece = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(piece)
+            method = _classical(piece, zpiece)
+            segments.append(Segment(method, len(piece), len(zpiece if method == ZSTD else piece)))
+            payloads.append(zpiece if method == ZSTD else piece)
         if sum(map(len, payloads)) >= best:
             return None
         fr = Frame(index, len(data), crc, size, segments, [], flags)

@@ -870,7 +870,12 @@ def test_damaged_stage_segments_are_format_errors(trained):
         body = b"\xff\xff\xff\x00" + blob[at + 4 :]
         container.decompress(reframe(blob, body=body), trained)
     (method, payload, length) = h["segments"][0]
-    for forged in ([(STAGE, 4, length)], [(STAGE, length, length)]):  # too short, too long
+    # too short, too long, too short for its length (more than 256 bytes per payload byte)
+    for forged in (
+        [(STAGE, 4, length)],
+        [(STAGE, length, length)],
+        [(STAGE, (length - 1) // 256, 0)],
+    ):
         with pytest.raises(FormatError, match="corrupt header"):
             container.decompress(reframe(blob, segments=forged), trained)
     with pytest.raises(FormatError, match="segment table"):  # stage segments, no flag STAGE
