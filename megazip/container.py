@@ -657,6 +657,10 @@ class _Writer:
                 if staged is not None:
                     st["zstd_bytes"] += len(whole)
                     return staged
+                if len(whole) * MAX_RATIO < len(data):  # zstd is within 1/256 of nothing
+                    st["zstd_bytes"] += len(whole)
+                    one = Segment(ZSTD, len(data), len(whole))
+                    return Frame(index, len(data), crc, len(data), [one], [], flags), [whole], []
         int_model = self._load()
         results = _run_blocks(_code_block_job, jobs, int_model, self.threads, self.progress)
         cost = [0.0] * len(pieces)  # each segment's bytes in the model frame (estimated)
