@@ -4,8 +4,8 @@ byte-for-byte reference).
     frame    header: magic "\\x89MGZ", version, flags, frame index, original length,
              segment size, [adaptive stage, model name, model hash, lanes], segment
              table, block table, CRC-32 of the frame's original bytes, CRC-32 of the header
-    body     payloads of stored and zstd segments in segment order, then one range-coder
-             stream per block of model-coded segments
+    body     payloads of stored, zstd and stage segments in segment order, then one
+             range-coder stream per block of model-coded segments
 
 Each frame covers at most MAX_FRAME bytes of input (FRAME_SIZE by default) and decodes on
 its own, so compression and decompression stream (`compress_stream`, `decompress_stream`)
@@ -17,9 +17,11 @@ Inside a frame the input is cut into segments of `segment_size` bytes. Each segm
 stored raw, compressed with zstd, or coded by the model, whichever is smallest; model
 segments are grouped into blocks of consecutive segment indices [b*G, (b+1)*G), and each
 block's model segments are coded in lockstep as the lanes of one stream. When zstd -19 of
-the whole frame beats all that, the frame is a single zstd segment. A frame in which zstd
-finds nothing to remove anywhere (random or already compressed bytes) is stored without
-loading the model at all.
+the whole frame beats all that, the frame is a single zstd segment. With the default
+layout the frame is also coded as stage segments (the adaptive stage alone, one lane per
+MiB, no model), kept where smaller (_Writer._staged). A frame in which zstd finds nothing
+to remove anywhere (random or already compressed bytes) is stored without loading the
+model at all.
 
 A reader checks every length against fixed limits and against the bytes actually present
 before it allocates or decodes anything, and every failure is a FormatError (or
