@@ -250,6 +250,9 @@ def info_cmd(files):
             f"  segments         {len(h.segments)}: "
             + (", ".join(f"{n} {m}" for m, n in by.items()) or "none")
         )
+        stages = sorted({fr.stage for fr in h.frames if fr.stage})
+        if stages:
+            click.echo(f"  adaptive stage   version {', '.join(map(str, stages))}")
         if lanes:
             click.echo(f"  lanes per block  {', '.join(map(str, lanes))} ({blocks} model blocks)")
         if len(h.frames) == 1:

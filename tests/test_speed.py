@@ -12,6 +12,7 @@ from conftest import megazip_cmd
 from helpers import random_int_model, trained_pair, word_text
 
 from megazip import container
+from megazip.modelspec import ADAPTIVE_VERSION
 
 CHECK_IMPORTS = """
 import sys
@@ -66,6 +67,9 @@ def test_decompressing_without_the_model_imports_no_torch(rand, tmp_path, kind):
         assert r.returncode == 0, r.stderr.decode()
         heavy = "numba" if kind == "stage" and cmd[0] != "info" else "-"
         assert r.stdout.decode().splitlines()[-1] == f"imported: {heavy}", (cmd, r.stdout)
+        if cmd[0] == "info" and kind == "stage":  # no model; the stage's version
+            assert "none needed" in r.stdout.decode()
+            assert f"adaptive stage   version {ADAPTIVE_VERSION}" in r.stdout.decode()
     assert (tmp_path / "x").read_bytes() == data
 
 
