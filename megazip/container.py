@@ -640,14 +640,7 @@ class _Writer:
         seg = min(seg, len(data))
         pieces = [data[i : i + seg] for i in range(0, len(data), seg)]
         zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-        zpieces = [zc.compress(p) for p in pieces]
-        chosen: list[int] = []
-        blocks, streams = [], []
-        model_bits = prior_total = 0.0
-        groups = [
-            list(range(b0, min(b0 + lanes, len(pieces)))) for b0 in range(0, len(pieces), lanes)
-        ]
-        jobs = [([pieces[i] for i in g], [zpieces[i] for i in g], adaptive) for g in groups]
+        whole = None  # zstd -19 of the whole frame, computed once
         staging = adaptive and self.segment_size is None and self.lanes is None
         if staging and len(data) >= STAGE_FIRST_MIN:
             from .adaptive import encode_stage
@@ -663,6 +656,14 @@ class _Writer:
                     st["zstd_bytes"] += len(whole)
                     one = Segment(ZSTD, len(data), len(whole))
                     return Frame(index, len(data), crc, len(data), [one], [], flags), [whole], []
+        zpieces = [zc.compress(p) for p in pieces]
+        chosen: list[int] = []
+        blocks, streams = [], []
+        model_bits = prior_total = 0.0
+        groups = [
+            list(range(b0, min(b0 + lanes, len(pieces)))) for b0 in range(0, len(pieces), lanes)
+        ]
+        jobs = [([pieces[i] for i in g], [zpieces[i] for i in g], adaptive) for g in groups]
         int_model = self._load()
         results = _run_blocks(_code_block_job, jobs, int_model, self.threads, self.progress)
         cost = [0.0] * len(pieces)  # each segment's bytes in the model frame (estimated)
@@ -683,7 +684,7 @@ class _Writer:
             {MODEL: b"", ZSTD: zpieces[i], STORED: pieces[i]}[m] for i, m in enumerate(chosen)
         ]
         segments = [Segment(m, len(pieces[i]), len(payloads[i])) for i, m in enumerate(chosen)]
-        whole = zc.compress(data)
+        whole = zc.compress(data) if whole is None else whole
         st["zstd_bytes"] += len(whole)
         total = sum(len(p) for p in payloads) + sum(blocks)
         for i, m in enumerate(chosen):
