@@ -461,12 +461,13 @@ def _store(out, t, sym, act, n, models, progress) -> np.ndarray:
 
 def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
     """_decode_steps on two threads, with the same bytes. The lanes are cut into two
-    groups (SPLIT_MAIN_SIXTEENTHS), each with its own model state. Per step a worker
-    thread runs the model and adaptive.begin of the second group while this thread does
-    the first; then this thread predicts and range-decodes the byte's 8 decisions of
-    every lane and runs the adaptive update in lane order, the only part that writes
-    state the lanes share. The numba kernels release the GIL, so both groups run at
-    once."""
+    groups (SPLIT_MAIN_SIXTEENTHS), each with its own model state. Once a step's bytes are
+    known, a worker thread runs the model of the second group for the next step while
+    this thread runs the adaptive update (lane order, the only part that writes state the
+    lanes share), then the model of the first group; each thread then runs
+    adaptive.begin of its group (the worker's after the update: begin reads the shared
+    state), and this thread predicts and range-decodes the byte's 8 decisions of every
+    lane. The numba kernels release the GIL, so the threads run at once."""
     import queue
     import threading
 
@@ -477,22 +478,26 @@ def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
     states = [int_model.new_state(hi - lo) for lo, hi in groups]
     ctx: list = [None, None]
 
-    def half(g: int, k: int, j: int, prev_byte: np.ndarray, act: np.ndarray) -> None:
+    def model(g: int, k: int, j: int, prev_byte: np.ndarray) -> np.ndarray:
         lo, hi = groups[g]
         if j == 0:  # a patch starts: the global model's context for it
             prev = out[lo:hi, (k - 1) * P : k * P] if k else out[lo:hi, :P]
             ctx[g] = int_model.global_context(states[g], prev.reshape(hi - lo, 1, P))[:, 0]
             int_model.begin_patch(states[g])
-        counts = int_model.local_step(states[g], prev_byte[lo:hi], ctx[g][:, j])
-        adaptive_stage.begin(models, counts, act[lo:hi], lo)
+        return int_model.local_step(states[g], prev_byte[lo:hi], ctx[g][:, j])
 
-    todo: queue.SimpleQueue = queue.SimpleQueue()
-    done: queue.SimpleQueue = queue.SimpleQueue()
+    todo: queue.SimpleQueue = queue.SimpleQueue()  # steps for the worker (None: stop)
+    updated: queue.SimpleQueue = queue.SimpleQueue()  # the update before a step is done
+    done: queue.SimpleQueue = queue.SimpleQueue()  # the worker's group has begun (or error)
 
     def work() -> None:
         while (task := todo.get()) is not None:
             try:
-                half(1, *task)
+                k, j, prev_byte, act = task
+                counts = model(1, k, j, prev_byte)
+                if not updated.get():
+                    return
+                adaptive_stage.begin(models, counts, act[h:], h)
                 done.put(None)
             except BaseException as e:  # noqa: BLE001 - handed to the decoding thread
                 done.put(e)
@@ -501,6 +506,7 @@ def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
     worker.start()
     try:
         prev_byte = np.full((B,), PAD_BYTE, dtype=np.int64)
+        last = None  # the previous step's (column, active lanes), not yet learned from
         for t in range(T):
             k, j = divmod(t, P)
             if j == 0:
@@ -511,13 +517,22 @@ def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
                 return
             todo.put((k, j, prev_byte, act))
             try:
-                half(0, k, j, prev_byte, act)
+                if last is not None:
+                    adaptive_stage.update(models, *last)
             finally:
-                err = done.get()  # the worker's half is done (or failed)
+                updated.put(True)  # exactly one token a step, also if the update failed
+            try:
+                counts = model(0, k, j, prev_byte)
+                adaptive_stage.begin(models, counts, act[:h])
+            finally:
+                err = done.get()  # the worker's group is done (or failed)
             if err is not None:
                 raise err
             sym = _decode_byte(dec, models, act, n)
-            prev_byte = _store(out, t, sym, act, n, models, progress)
+            column = _store(out, t, sym, act, n, None, progress)
+            last = (column.astype(np.uint8), act)
+            prev_byte = column
     finally:
+        updated.put(False)
         todo.put(None)
         worker.join()

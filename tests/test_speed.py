@@ -106,6 +106,29 @@ def test_stage_frames_are_identical_for_any_number_of_threads(trained, monkeypat
     assert container.decompress(one, trained, threads=2) == data
 
 
+def test_two_decoding_threads_give_the_bytes_of_one(trained, monkeypatch):
+    """decode_block's two-thread loop (the model of half of the lanes on a worker, beside
+    the adaptive update) decodes what one thread decodes, also as lanes end one by one,
+    and a stream it cannot decode still raises CorruptStream (the worker stopped)."""
+    from megazip import coder
+    from megazip.npmodel import NpMegabyte
+
+    trained = NpMegabyte.from_int_model(trained)  # the numpy model: the CPU's decoder
+    monkeypatch.setattr(coder, "SPLIT_MIN_LANES", 4)
+    split = coder._decode_steps_split
+    calls = []
+    monkeypatch.setattr(coder, "_decode_steps_split", lambda *a: calls.append(1) or split(*a))
+    text = word_text(11, 3000)
+    segments = [text[i * 97 : i * 97 + 40 + 13 * i] for i in range(9)]  # ragged lanes
+    stream, _ = coder.encode_block(trained, segments)
+    lengths = [len(s) for s in segments]
+    assert coder.decode_block(trained, stream, lengths, lane_threads=1) == segments
+    assert coder.decode_block(trained, stream, lengths, lane_threads=2) == segments
+    assert calls == [1]
+    with pytest.raises(coder.CorruptStream):
+        coder.decode_block(trained, stream[:8], [2000] * 9, lane_threads=2)
+
+
 def test_cli_threads_give_the_same_file(tmp_path):
     src = tmp_path / "in.txt"
     src.write_bytes(word_text(5, 5000))
