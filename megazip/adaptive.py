@@ -1,4 +1,4 @@
-"""The adaptive stage (version 7): context mixing on top of the model, shared by a block.
+"""The adaptive stage (version 8): context mixing on top of the model, shared by a block.
 
 A prior cannot know a file's own statistics. This stage learns them online, in integer
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
@@ -12,19 +12,21 @@ rate 1 / (n + 1.5)):
 - the prior: the node's share of the prior's 256 counts (the prior is exact in this
   decomposition: without other inputs the stage reproduces it);
 - order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 6, 8, a word
-  context (the letters since the last non-letter, case folded) and two record or sparse
-  contexts, each a counter per (context, node) in buckets of 16 per (context, high
-  nibble) with a check word; a lane without a record length adds the word bigram (the
-  previous word with the current one) and a text column context (the byte at the same
-  column of the previous line, with the last byte; none before a second line), a lane
-  with one order 0 and the byte above with its right neighbour (version 7: a context's
-  bucket is looked up in 4 neighbouring places, and a new one replaces the one whose
-  first counter has the fewest hits: -0.6 % on long texts and -4 % on kennedy.xls alone,
-  where one place per bucket lost the contexts that mattered to those seen once); each
-  hashed counter (of the orders and the word context: with fewer than 61 hits) reaches
-  the mixers through a counter map of its kind (an APM over the counter's probability,
-  one per bucket of its hit count, learning what such counters turn out to be worth), as
-  the mean of the counter's and the map's stretch;
+  context (the letters since the last non-letter, case folded) and two record contexts
+  or, without a record length, two word contexts (the word before the last with the
+  current one, and the last three words: version 8, in place of sparse byte contexts,
+  -0.2 to -0.6 % on long texts), each a counter per (context, node) in buckets of 16 per
+  (context, high nibble) with a check word; a lane without a record length adds the word
+  bigram (the previous word with the current one) and a text column context (the byte at
+  the same column of the previous line, with the last byte; none before a second line),
+  a lane with one order 0 and the byte above with its right neighbour (version 7: a
+  context's bucket is looked up in 4 neighbouring places, and a new one replaces the one
+  whose first counter has the fewest hits: -0.6 % on long texts and -4 % on kennedy.xls
+  alone, where one place per bucket lost the contexts that mattered to those seen once);
+  each hashed counter (of the orders and the word context: with fewer than 61 hits)
+  reaches the mixers through a counter map of its kind (an APM over the counter's
+  probability, one per bucket of its hit count, learning what such counters turn out to
+  be worth), as the mean of the counter's and the map's stretch;
 - a match model: the byte that followed the last occurrence of the last MIN_MATCH bytes
   (in any lane of the block), predicted with a learned confidence per match length;
 - a run model: per hashed order's context, the byte that last followed it and how many
@@ -44,10 +46,13 @@ mixed in the logistic ("stretch") domain by four single-layer networks with inte
 weights learned online, one with weight sets selected by (node, match state, record),
 the second by (confirmed orders, depth, match state, record, class of the last byte or
 which column predictions held), the third by (last byte, depth), the fourth by (byte
-before the last, depth), combined by a final mixer per node; then refined by
-adaptive probability maps (APM/SSE) selected by (node, match state: whether the match
-predicts this node, its length bucket and expected bit), by (node, previous byte), by
-a hash of (node, previous two bytes) and, with a record length, by (node, byte above).
+before the last, depth), and with a record length a fifth by (the node's 12-bit pixel
+context: the bits to its left, above and two rows up; depth) (version 8: kennedy.xls
+-2 %), combined by a final mixer per node; then refined by adaptive probability maps
+(APM/SSE) selected by (node, match state: whether the match predicts this node, its
+length bucket and expected bit), by (node, previous byte), by a hash of (node, previous
+two bytes) and, with a record length, by (node, byte above) and by (pixel context,
+depth).
 The result, p(bit = 1) in 1/65536 (1..65535), codes the decision; only the 8 nodes of
 the byte's path are ever computed (version 5 computed all 255 to give the coder a table
 of 256 counts, most of them for bytes that did not come). A node reached with less than
@@ -69,7 +74,11 @@ In a lane with a record length, a hashed counter that was confidently wrong drop
 count (FORGET_COUNT) and so adapts fast again (version 7; on texts it cost 0.1-0.3 %).
 
 The stage also codes a segment alone (encode_stage, decode_stage: one lane, a flat
-prior, its own binary arithmetic coder), for data the model adds little to.
+prior, its own binary arithmetic coder), for data the model adds little to. Since
+version 8 the same coder codes the decisions of a model block (PathEncoder,
+PathDecoder: a decoder decodes the byte of every lane in one compiled call, instead of
+a call to constriction's range coder per decision: -13 % decoding time on text, and
+streams a few bytes smaller).
 
 Format version: ADAPTIVE_VERSION (megazip/modelspec.py), recorded in .mgz headers;
 docs/FORMAT.md describes it.
@@ -120,8 +129,9 @@ N_IN_TEXT = IN_H0 + K_TEXT
 N_SEL2 = (len(ORDERS) + 1) * 8 * 3 * 2 * 4
 N_SEL3 = 256 * 8  # the third mixer's weight sets (last byte, depth), after the second's in w2
 N_SEL4 = 256 * 8  # the fourth's: (byte t - 2, depth), after the third's
-N_MIX = 4
-MATCH_INIT = 1 << 16  # mixers 3 and 4: the initial weight of the match input
+N_MIX = 5
+N_SEL5 = 4096 * 8  # the fifth's (record lanes): (pixel context, depth), after the fourth's
+MATCH_INIT = 1 << 16  # mixers 3, 4 and 5: the initial weight of the match input
 RUN_BITS_EXTRA = 2  # the run model's slots: 4 per bucket of a hashed context kind
 RUN_MAX = 15  # run lengths the run model's confidence tells apart
 WAYS = 4  # a context's bucket may sit in any of 4 neighbouring places (set-associative)
@@ -130,7 +140,7 @@ MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
 LONG_MATCH = 16
 MIX_SHIFT = 16  # weights: 1.0 = 2^16
-FINAL_INIT = (19661, 19661, 13107, 13107)  # the final mixer's initial weights (0.3, 0.3, 0.2, 0.2)
+FINAL_INIT = (19661, 19661, 13107, 13107, 0)  # the final mixer's initial weights
 FINAL_SHIFT = 14  # the final mixer's learning rate (as LR_SHIFT; 13: kennedy.xls +5 %)
 LR_SHIFT = 12  # mixer learning rate: dw = x * err * LR_DECAY[n] >> (16 + LR_SHIFT)
 LR_HALF = 256  # the rate of a weight set falls as 1 / (1 + n / LR_HALF) after n updates
@@ -157,6 +167,8 @@ OFF_BITMAP, OFF_COLPRED, OFF_MIXER2, OFF_APM2, OFF_BIGRAM, OFF_SMAP = 1, 2, 4, 8
 OFF_COLUMN = 64  # the text column context
 OFF_RUN, OFF_FORGET = 128, 256  # the run model; record lanes' forgetting counters
 OFF_WAYS = 512  # one place per bucket instead of WAYS
+OFF_PIXEL = 1024  # record lanes' 5th mixer and APM, selected by a pixel context
+OFF_WORDS = 2048  # text lanes' skip-bigram and trigram word contexts
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
 # sees the mean of the counter's and the map's stretch
@@ -272,7 +284,8 @@ L_W1, L_W2, L_W3 = 9, 10, 11  # bitmap: bytes above-left, above, above-right; 2,
 L_HASH = 12  # N_HASHED context hashes follow
 L_NL = L_HASH + N_HASHED  # text column: the start of the current line, of the previous
 L_PNL = L_NL + 1
-N_LANE = L_PNL + 1
+L_PPW = L_PNL + 1
+N_LANE = L_PPW + 1
 # per lane, from _begin_one for _node_one and the update (LaneModels.pend): the match
 # model's expected byte (-1: none), its stretched confidence and state; the column
 # predictions (expected bytes, counter bases) and the second mixer's class of the last
@@ -321,7 +334,7 @@ class LaneModels:
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
-        w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4, N_IN + 1), np.int64)
+        w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4 + N_SEL5, N_IN + 1), np.int64)
         w2[:, IN_PRIOR] = 1 << MIX_SHIFT
         w2[N_SEL2:, IN_MATCH] = MATCH_INIT
         self.weights2 = w2
@@ -334,6 +347,7 @@ class LaneModels:
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256, 1))
         self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
+        self.apm5 = np.tile(knots, (4096 * 8, 1))
         # block parameters: [0] the record length signalled for the block (0: none);
         # [1] models switched off (OFF_* bits: for measuring what each adds; a stream
         # always has 0)
@@ -376,6 +390,7 @@ class LaneModels:
             self.params,
             self.runs,
             self.rconf,
+            self.apm5,
         )
 
 
@@ -534,6 +549,7 @@ def _begin_one(counts, b, st):
         params,
         runs,
         rconf,
+        a5,
     ) = st
     tr = tree[b]
     for i in range(256):
@@ -599,6 +615,8 @@ def _find_buckets(b, s, lane, pend, ctab, params):
             oc += 1
     if params[1] & OFF_BIGRAM and not rec:
         pend[b, P_BASE + H_BIGRAM] = -1
+    if params[1] & OFF_WORDS and not rec:
+        pend[b, P_BASE + H_WORD + 1] = pend[b, P_BASE + H_WORD + 2] = -1
     if params[1] & OFF_COLUMN and not rec:
         pend[b, P_BASE + H_COLUMN] = -1
     pend[b, P_OC] = oc
@@ -636,6 +654,7 @@ def _node_one(n, b, st):
         params,
         runs,
         rconf,
+        a5,
     ) = st
     off = params[1]
     d = DEPTH[n]
@@ -663,11 +682,14 @@ def _node_one(n, b, st):
         smi[b, d, k] = -1
         if base >= 0:
             x[IN_H0 + k] = _inp(smap, smi, off, b, d, k, np.int64(ctab[k, base + j]))
+    pix = -1  # record lanes: the node's 12-bit pixel context (the 5th mixer and APM)
+    if rec:
+        ca, cb, cc = _bitmap_ctx(n, c1, lane[b, L_W1], lane[b, L_W2], lane[b, L_W3])
+        pix = ca if (off & OFF_PIXEL) == 0 else -1
     if rec and off & OFF_BITMAP:
         x[IN_BM] = x[IN_BM + 1] = x[IN_BM + 2] = 0
     elif rec:
         bmask = bm.shape[0] - BM_OFF[2] - 1
-        ca, cb, cc = _bitmap_ctx(n, c1, lane[b, L_W1], lane[b, L_W2], lane[b, L_W3])
         v = np.int64(bm[ca])
         x[IN_BM] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
         v = np.int64(bm[BM_OFF[1] + cb])
@@ -704,6 +726,8 @@ def _node_one(n, b, st):
     wsel[b, 3, d] = sel4
     ws4 = w2[sel4]
     dot4 = np.int64(0)
+    sel5 = N_SEL2 + N_SEL3 + N_SEL4 + pix * 8 + d
+    wsel[b, 4, d] = sel5
     ws = w[sel]
     ws2 = w2[sel2]
     ws3 = w2[sel3]
@@ -725,11 +749,17 @@ def _node_one(n, b, st):
     psub[b, 2, d] = p3
     p4 = _sq(dot4 >> MIX_SHIFT)
     psub[b, 3, d] = p4
+    p5 = 32768  # stretch 0: no 5th mixer without a pixel context
+    if pix >= 0:
+        ws5 = w2[sel5]
+        dot5 = np.int64(0)
+        for i in range(ni):
+            dot5 += ws5[i] * np.int64(x[i])
+        p5 = _sq(dot5 >> MIX_SHIFT)
+    psub[b, 4, d] = p5
     wn = wf[n]
-    pm = _sq(
-        (wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2] + wn[2] * STRETCH[p3] + wn[3] * STRETCH[p4])
-        >> MIX_SHIFT
-    )
+    dotf = wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2] + wn[2] * STRETCH[p3] + wn[3] * STRETCH[p4]
+    pm = _sq((dotf + wn[4] * STRETCH[p5]) >> MIX_SHIFT)
     if off & OFF_MIXER2:
         pm = p1
     pmix[b, d] = pm
@@ -749,8 +779,14 @@ def _node_one(n, b, st):
     c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
     r = _apm4_row(c2, n)
     q4 = ((a4[r, k1] >> 16) * g1 + (a4[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    q5 = 0
+    if pix >= 0:
+        r = pix * 8 + d
+        q5 = ((a5[r, k1] >> 16) * g1 + (a5[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
     if off & OFF_APM2:  # version 3's APMs
         p = (pm + q1 + q2 + q3) >> 2 if rec else (2 * pm + q1 + q2) >> 2
+    elif pix >= 0:
+        p = (pm + q1 + q2 + q3 + q4 + q5 + 3) // 6
     elif rec:
         p = (pm + q1 + q2 + q3 + q4 + 2) // 5
     else:
@@ -845,6 +881,7 @@ def _update_one(sym, b, st):
         params,
         runs,
         rconf,
+        a5,
     ) = st
     cap = hist.shape[1]
     mask = ctab.shape[1] // 16 - 1
@@ -919,8 +956,10 @@ def _update_one(sym, b, st):
         # order 1
         i1 = c1 * 256 + n
         o1[i1] = _learn(np.int64(o1[i1]), y, COUNTER_LIMIT)
+        pix = 0
         if rec:
             ca, cb, cc = _bitmap_ctx(n, c1, bw1, bw2, bw3)
+            pix = ca
             bm[ca] = _learn(np.int64(bm[ca]), y, BITMAP_LIMIT)
             cb += BM_OFF[1]
             bm[cb] = _learn(np.int64(bm[cb]), y, BITMAP_LIMIT)
@@ -950,6 +989,8 @@ def _update_one(sym, b, st):
         # the four mixers, each toward the bit from its own output, then the final one
         two = (params[1] & OFF_MIXER2) == 0
         for m in range(N_MIX if two else 1):
+            if m == 4 and (not rec or params[1] & OFF_PIXEL):  # no pixel context, no 5th mixer
+                continue
             ws = w[wsel[b, 0, d]] if m == 0 else w2[wsel[b, m, d]]
             err = (y << 16) - np.int64(psub[b, m, d])
             cnt = ws[N_IN]
@@ -977,6 +1018,9 @@ def _update_one(sym, b, st):
             a3[r, k1] = _learn_apm(a3[r, k1], y)
         r = _apm4_row(c2, n)
         a4[r, k1] = _learn_apm(a4[r, k1], y)
+        if rec and (params[1] & OFF_PIXEL) == 0:
+            r = pix * 8 + d
+            a5[r, k1] = _learn_apm(a5[r, k1], y)
     # history, match pointer, context hashes
     t = lane[b, L_LEN]
     hist[b, t] = sym
@@ -1021,12 +1065,14 @@ def _update_one(sym, b, st):
         wd ^= (wd >> 21) & 0x7FFFFFFFFFF
     else:
         if wd != 0:
+            lane[b, L_PPW] = lane[b, L_PWORD]
             lane[b, L_PWORD] = wd
         wd = 0
     lane[b, L_WORD] = wd
     lane[b, L_HASH + H_WORD] = (wd + sym + 7) * 0x6A09E667F3BCC909
     # record contexts: the bytes one and two records above, and the byte above with the
-    # previous byte; without a record length, sparse contexts (bytes 2-3 and 2-4 back)
+    # previous byte; without a record length, word contexts: the word before the last
+    # with the current one (a skip-bigram), and the last three words (a trigram)
     rl = lane[b, L_RLEN]
     if rl > 0:
         up1 = np.int64(hist[b, nlen - rl]) if nlen >= rl else 256
@@ -1034,11 +1080,10 @@ def _update_one(sym, b, st):
         ra = ((rl << 20) + (up1 << 10) + up2 + 1) * 0x5DEECE66D1234567
         rb = ((rl << 20) + (up1 << 10) + sym + 2) * 0x2F0B3A4E5D6C7B81
     else:
-        q2 = np.int64(hist[b, nlen - 2]) if nlen >= 2 else 256
-        q3 = np.int64(hist[b, nlen - 3]) if nlen >= 3 else 256
-        q4 = np.int64(hist[b, nlen - 4]) if nlen >= 4 else 256
-        ra = ((q2 << 10) + q3 + 3) * 0x5DEECE66D1234567
-        rb = ((q2 << 20) + (q3 << 10) + q4 + 4) * 0x2F0B3A4E5D6C7B81
+        w2b, w1b = lane[b, L_PPW], lane[b, L_PWORD]  # the words two back and one back
+        ra = ((w2b + 0x1234567) * 0x9E3779B97F4A7C15 + wd + sym + 23) * 0x5DEECE66D1234567
+        rb = (w2b * 0x2545F4914F6CDD1D + w1b) * 0x9E3779B97F4A7C15 + wd + sym + 21
+        rb *= 0x6C62272E07BB0142
     lane[b, L_HASH + len(ORDERS) + 1] = ra ^ ((ra >> 29) & 0x7FFFFFFFF)
     lane[b, L_HASH + len(ORDERS) + 2] = rb ^ ((rb >> 29) & 0x7FFFFFFFF)
     if rl > 0:
@@ -1245,6 +1290,103 @@ def _decode_lane(stream, out, st):
                 pos += 1
         out[t] = n - 256
         _update_one(n - 256, 0, st)
+
+
+# ---- the same coder for a block's lanes after the model -------------------------------
+# With the adaptive stage, a model block's decisions are coded by the same arithmetic
+# coder, in the block's order: at each position, depth by depth, the active lanes in lane
+# order. Encoder and decoder keep the coder's state between calls in a small array.
+
+
+@_jit
+def _encode_paths(probs, symbols, active, coder, out, k):
+    """Code the decisions of a chunk (probs (B, C, 8) from mix_chunk, symbols (B, C),
+    active (B, C)) position by position, depth by depth, lane by lane, into out from
+    byte k on (room for 2 bytes a decision and 8 more); coder = [x1, x2] in and out.
+    Returns the new k."""
+    B, C = symbols.shape
+    x1, x2 = coder[0], coder[1]
+    for c in range(C):
+        for d in range(8):
+            for b in range(B):
+                if active[b, c]:
+                    xmid = _split(x1, x2, probs[b, c, d])
+                    if (symbols[b, c] >> (7 - d)) & 1:
+                        x2 = xmid
+                    else:
+                        x1 = xmid + 1
+                    while ((x1 ^ x2) >> 24) == 0:
+                        out[k] = x2 >> 24
+                        k += 1
+                        x1 = (x1 << 8) & 0xFFFFFFFF
+                        x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+    coder[0], coder[1] = x1, x2
+    return k
+
+
+@_jit
+def _decode_paths(active, coder, stream, symbols, st):
+    """The next byte of every active lane (after _begin_one of each) into symbols (B,)
+    uint8: its 8 decisions, depth by depth, lane by lane, decoded from stream with
+    coder = [x1, x2, x, position in stream] in and out (0xFF read beyond the end)."""
+    x1, x2, x, pos = coder[0], coder[1], coder[2], coder[3]
+    m = stream.shape[0]
+    B = active.shape[0]
+    nodes = np.ones(B, np.int64)
+    for _d in range(8):
+        for b in range(B):
+            if active[b]:
+                n = nodes[b]
+                xmid = _split(x1, x2, _node_one(n, b, st))
+                if x <= xmid:
+                    x2 = xmid
+                    nodes[b] = 2 * n + 1
+                else:
+                    x1 = xmid + 1
+                    nodes[b] = 2 * n
+                while ((x1 ^ x2) >> 24) == 0:
+                    x1 = (x1 << 8) & 0xFFFFFFFF
+                    x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+                    x = ((x << 8) & 0xFFFFFFFF) | (np.int64(stream[pos]) if pos < m else 255)
+                    pos += 1
+    for b in range(B):
+        symbols[b] = nodes[b] - 256 if active[b] else 0
+    coder[0], coder[1], coder[2], coder[3] = x1, x2, x, pos
+
+
+class PathEncoder:
+    """The arithmetic coder of a model block's decisions, as a growing stream:
+    encode(probs, symbols, active) for chunk after chunk (mix_chunk's output), then
+    finish() -> the code (bytes)."""
+
+    def __init__(self):
+        self.coder = np.array([0, 0xFFFFFFFF], np.int64)
+        self.out = np.zeros(1 << 12, np.uint8)
+        self.k = 0
+
+    def encode(self, probs: np.ndarray, symbols: np.ndarray, active: np.ndarray) -> None:
+        need = self.k + 16 * int(np.count_nonzero(active)) + 8  # <= 2 bytes a decision
+        if need > len(self.out):
+            self.out = np.concatenate([self.out, np.zeros(need, np.uint8)])
+        self.k = _encode_paths(probs, symbols, active, self.coder, self.out, self.k)
+
+    def finish(self) -> bytes:
+        return self.out[: self.k].tobytes() + bytes([int(self.coder[0]) >> 24])
+
+
+class PathDecoder:
+    """The decoder of PathEncoder's code: decode(models, active) -> the next byte (B,)
+    uint8 of every active lane (0 for the others), after begin() of each; then update()."""
+
+    def __init__(self, code: bytes):
+        self.stream = np.frombuffer(code, np.uint8)
+        head = (code[:4] + b"\xff" * 4)[:4]
+        self.coder = np.array([0, 0xFFFFFFFF, int.from_bytes(head, "big"), 4], np.int64)
+
+    def decode(self, models: LaneModels, active: np.ndarray) -> np.ndarray:
+        out = np.zeros(active.shape[0], np.uint8)
+        _decode_paths(active, self.coder, self.stream, out, models.arrays())
+        return out
 
 
 def encode_stage(data: bytes, limits: tuple[tuple[int, int], ...] = ()) -> bytes | None:

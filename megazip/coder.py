@@ -287,26 +287,24 @@ def encode_block(
     threads while this one mixes. The tables and bytes are the same for any value."""
     tables = BlockTables(int_model, segments, adaptive, chunk_patches, threads=threads)
     enc = constriction.stream.queue.RangeEncoder()
+    bit_enc = adaptive_stage.PathEncoder()
     for chunk in tables:
         if chunk.path is None:  # a byte per position, position-major: (C, B)
             order = chunk.active.T
             probs = chunk.prior.transpose(1, 0, 2)[order].astype(np.float64)
             symbols = chunk.symbols.T[order].astype(np.int32)
-        else:  # 8 bits per position: position, then depth, then lane (C, 8, B)
-            order = np.broadcast_to(
-                chunk.active.T[:, None, :], (chunk.active.shape[1], 8, len(chunk.active))
-            )
-            p1 = chunk.path.transpose(1, 2, 0)[order]
-            bits = (chunk.symbols.T[:, None, :] >> np.arange(7, -1, -1)[None, :, None]) & 1
-            symbols = bits[order].astype(np.int32)
-            probs = _bit_tables(p1)
-        if len(symbols):
-            enc.encode(symbols, FAMILY, probs)
+            if len(symbols):
+                enc.encode(symbols, FAMILY, probs)
+        else:  # 8 bits per position: position, then depth, then lane
+            bit_enc.encode(chunk.path, chunk.symbols, chunk.active)
         if progress:
             progress(int(chunk.active.sum()))
     if prior_bits is not None:
         prior_bits.extend(tables.prior_bits.tolist())
-    stream = tables.head + enc.get_compressed().astype("<u4").tobytes()
+    if adaptive:
+        stream = tables.head + bit_enc.finish()
+    else:
+        stream = enc.get_compressed().astype("<u4").tobytes()
     return stream, tables.final_bits.tolist()
 
 
@@ -347,18 +345,19 @@ def decode_block(
     two threads run the model (and adaptive.begin) of half of the lanes each
     (_decode_steps_split). The output depends on none of this."""
     P = int_model.config.patch_size
-    if len(stream) % 4:
-        raise CorruptStream("corrupt model stream: length is not a multiple of 4")
     record = 0
-    if adaptive:  # the block's record length comes first
-        if len(stream) < 4:
+    if adaptive:  # the block's record length, then the arithmetic code of the decisions
+        if len(stream) < 5:
             raise CorruptStream("corrupt model stream: no record length")
         record = int.from_bytes(stream[:4], "little")
         if record > adaptive_stage.RECORD_LIMIT:
             raise CorruptStream("corrupt model stream: record length out of range")
-        stream = stream[4:]
-    words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)  # little-endian on disk
-    dec = constriction.stream.queue.RangeDecoder(words)
+        dec = adaptive_stage.PathDecoder(stream[4:])
+    else:
+        if len(stream) % 4:
+            raise CorruptStream("corrupt model stream: length is not a multiple of 4")
+        words = np.frombuffer(stream, dtype="<u4").astype(np.uint32)  # little-endian
+        dec = constriction.stream.queue.RangeDecoder(words)
     B = len(lengths)
     T = -(-max(1, max(lengths)) // P) * P
     int_model = numpy_model(int_model)
@@ -407,31 +406,11 @@ def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
             prev_byte = _store(out, t, sym, act, n, models, progress)
 
 
-def _bit_tables(p1: np.ndarray) -> np.ndarray:
-    """The range coder's tables (m, 2) float64 of binary decisions with p(bit = 1) =
-    p1 / 65536 (m,) (exact: integers below 2^53)."""
-    out = np.empty((len(p1), 2), np.float64)
-    out[:, 0] = 65536 - p1
-    out[:, 1] = p1
-    return out
-
-
 def _decode_byte(dec, models, act, n) -> np.ndarray:
-    """With the adaptive stage: the next byte of every active lane (n of B) from `dec`,
-    decision by decision from the root, after adaptive.begin() of every lane; (n,) uint8."""
-    nodes = np.ones(len(act), np.int64)
-    table = np.empty((n, 2), np.float64)
-    bits = _NO_BITS
-    for _ in range(8):
-        adaptive_stage.predict_table(models, nodes, bits, act, table)
-        try:
-            bits = dec.decode(FAMILY, table)
-        except (AssertionError, ValueError, RuntimeError, OverflowError):
-            raise CorruptStream("corrupt model stream") from None
-    return (2 * nodes[act] + bits - 256).astype(np.uint8)
-
-
-_NO_BITS = np.zeros(0, np.int32)  # the root has no decision above it
+    """With the adaptive stage: the next byte of every active lane (n of B) from `dec`
+    (adaptive.PathDecoder), after adaptive.begin() of every lane; (n,) uint8."""
+    sym = dec.decode(models, act)
+    return sym if n == len(act) else sym[act]
 
 
 def _range_decode(dec, counts: np.ndarray) -> np.ndarray:

@@ -67,10 +67,10 @@ MAX_NAME = 255
 # What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
 # adaptive stage's state per lane and its shared tables (at their caps).
 STATE_PER_LANE = 35_000
-STATE_SHARED = 255_000_000
+STATE_SHARED = 270_000_000
 # Adaptive-stage versions of format-2 files that this release no longer decodes, and the
 # megazip release that does.
-OLD_STAGES = {3: "0.2.0", 4: "0.3.0", 5: "0.4.0", 6: "0.5.0"}
+OLD_STAGES = {3: "0.2.0", 4: "0.3.0", 5: "0.4.0", 6: "0.5.0", 7: "0.6.0"}
 
 # Writer defaults.
 FRAME_SIZE = 8 << 20  # bytes of input per frame (see FORMAT.md, "Frames": costs ~nothing)
@@ -379,7 +379,9 @@ def read_frame(src: _Source, index: int) -> Frame:
         for group in members:
             lane_bytes = sum(fr.segments[i].length for i in group)
             size = src.varint(lane_bytes)  # a stream is never longer than its lanes
-            if size % 4 or size * MAX_RATIO < lane_bytes or (fr.stage and size < 4):
+            code = size - 4 if fr.stage else size  # after the record length: its code
+            bad = code < 1 if fr.stage else size % 4  # (without the stage: 32-bit words)
+            if bad or size * MAX_RATIO < lane_bytes:
                 raise FormatError("corrupt header (stream size)")
             fr.blocks.append(size)
         (fr.crc,) = struct.unpack("<I", src.take(4))
