@@ -115,7 +115,7 @@ def kinds(model) -> dict[str, tuple[bytes, bytes]]:
     c = container.compress
     # short lanes, many of them: a decoder's cost is one step per byte of the longest lane
     made = {
-        "model+record": records(1, 512),
+        "model+record": records(1, 1024),
         "model": words(2, 512),
         "model-plain": words(3, 512),
         "zstd": noise(10, 100) * 8,
@@ -126,7 +126,7 @@ def kinds(model) -> dict[str, tuple[bytes, bytes]]:
     }
     lanes = dict(segment_size=32, lanes=16)
     options = {
-        "model+record": dict(segment_size=64, lanes=8),
+        "model+record": dict(segment_size=128, lanes=8),
         "model": lanes,
         "model-plain": dict(lanes, adaptive=False),
         "blocks": dict(segment_size=32, lanes=3),

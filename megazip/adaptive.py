@@ -1228,8 +1228,9 @@ def _split(x1, x2, p):
 @_jit
 def _encode_lane(data, out, checks, limits, st):
     """Code data (n,) uint8 as lane 0 of the fresh state st into out (at least 2n + 16
-    bytes, after STAGE_HEAD bytes); returns the stream length (head included), or -1 as
-    soon as the output reaches limits[j] bytes at position checks[j] (increasing)."""
+    bytes, after STAGE_HEAD bytes); returns (the stream length (head included), -1), or,
+    as soon as the output reaches limits[j] bytes at position checks[j] (increasing),
+    (the output's length then, j)."""
     counts = np.full(256, FLAT_COUNT, np.int64)
     x1 = np.int64(0)
     x2 = np.int64(0xFFFFFFFF)
@@ -1238,7 +1239,7 @@ def _encode_lane(data, out, checks, limits, st):
     for t in range(data.shape[0]):
         if j < checks.shape[0] and t == checks[j]:
             if k >= limits[j]:
-                return -1
+                return k, j
             j += 1
         _begin_one(counts, 0, st)
         sym = np.int64(data[t])
@@ -1256,7 +1257,7 @@ def _encode_lane(data, out, checks, limits, st):
                 x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
         _update_one(sym, 0, st)
     out[k] = x1 >> 24
-    return k + 1
+    return k + 1, -1
 
 
 @_jit
@@ -1389,18 +1390,23 @@ class PathDecoder:
         return out
 
 
-def encode_stage(data: bytes, limits: tuple[tuple[int, int], ...] = ()) -> bytes | None:
+def encode_stage(
+    data: bytes, limits: tuple[tuple[int, int], ...] = (), gave_up: list | None = None
+) -> bytes | None:
     """The stage stream of `data` (the stage alone, flat prior, one lane; record length
     from choose_record), or None once it reaches `limit` bytes at position `pos` for any
-    (pos, limit) in `limits` (positions increasing: an encoder giving up early)."""
+    (pos, limit) in `limits` (positions increasing: an encoder giving up early); then
+    (pos, the stream's bytes at pos) is appended to `gave_up` if given."""
     n = len(data)
     record = choose_record([data]) if n else 0
     models = LaneModels(1, n, record)
     out = np.zeros(2 * n + 16, np.uint8)
     checks = np.array([p for p, _ in limits], np.int64)
     caps = np.array([c for _, c in limits], np.int64)
-    k = _encode_lane(np.frombuffer(data, np.uint8), out, checks, caps, models.arrays())
-    if k < 0:
+    k, j = _encode_lane(np.frombuffer(data, np.uint8), out, checks, caps, models.arrays())
+    if j >= 0:
+        if gave_up is not None:
+            gave_up.append((limits[j][0], k))
         return None
     return record.to_bytes(STAGE_HEAD, "little") + out[STAGE_HEAD:k].tobytes()
 

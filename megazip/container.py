@@ -105,11 +105,13 @@ RECODE_MIN_GAIN = 200  # a block is re-coded without the segments that lost only
 # ptt5, where it wins by 8 %, 1.4 % behind at a quarter and 5 % ahead at half.
 STAGE_CHECKS = ((1 / 4, 1080), (1 / 2, 1040))
 STAGE_CHECK_MIN = 1 << 16
-STAGE_HEAD_EARLY = 1120  # the stage-first check's head (below) also serves as a check, with
-# the permille of the last STAGE_CHECKS fraction it covers, this one before the first, and
-# 1000 where it is the whole segment: a frame whose head the stage alone codes clearly
-# worse than the model frame does is not coded by the stage again (text: about 1/3 of the
-# writer's stage time, 0.4 s of 64 KiB)
+STAGE_HEAD_EARLY = 1250  # the stage-first check's head (below; as much of it as the stage
+# coded before it stopped) also serves as a check, with the permille of the last
+# STAGE_CHECKS fraction it covers, this one before the first, and 1000 where it is the
+# whole segment: a frame whose start the stage alone codes clearly worse than the model
+# frame does is not coded by the stage again (text: most of the writer's stage time). At
+# 16 KiB, 4-14 % into a frame, the stage was 28-60 % behind on six texts, 5-19 % on
+# three executables and a header file, and 13 % on mapsdatazrh, where it wins at the end
 # ... and the other way round: a frame of at least STAGE_FIRST_MIN bytes whose first
 # eighth (at least STAGE_FIRST_MIN bytes) the stage alone codes in under
 # STAGE_FIRST_BITS / 1000 bits a byte is not given to the model at all (at such
@@ -654,18 +656,24 @@ class _Writer:
             from .adaptive import encode_stage
 
             head = data[: max(STAGE_FIRST_MIN, len(data) // 8)]
-            head_stream = encode_stage(head)
-            head_cost = (len(head), len(head_stream))
-            if 8000 * len(head_stream) < STAGE_FIRST_BITS * len(head):
+            # the stage stops as soon as the head cannot pass: at a quarter or a half of
+            # it, once its output has reached the whole head's allowance
+            allowance = -(-STAGE_FIRST_BITS * len(head) // 8000)
+            quarters = tuple((len(head) * q // 4, allowance) for q in (1, 2))
+            gave_up: list = []
+            head_stream = encode_stage(head, quarters, gave_up)
+            # (bytes coded, stream bytes then): the stage's cost of the frame's start
+            head_cost = (len(head), len(head_stream)) if head_stream else gave_up[0]
+            if head_stream and 8000 * len(head_stream) < STAGE_FIRST_BITS * len(head):
                 whole = zc.compress(data)
-                staged = self._staged(data, index, crc, flags, None, seg, len(whole))
+                zstd_frame = _zstd_frame(index, data, crc, flags, whole)
+                staged = self._staged(data, index, crc, flags, None, seg, frame_bytes(*zstd_frame))
                 if staged is not None:
                     st["zstd_bytes"] += len(whole)
                     return staged
                 if len(whole) * MAX_RATIO < len(data):  # zstd is within 1/256 of nothing
                     st["zstd_bytes"] += len(whole)
-                    one = Segment(ZSTD, len(data), len(whole))
-                    return Frame(index, len(data), crc, len(data), [one], [], flags), [whole], []
+                    return zstd_frame
         zpieces = [zc.compress(p) for p in pieces]
         chosen: list[int] = []
         blocks, streams = [], []
@@ -696,23 +704,6 @@ class _Writer:
         segments = [Segment(m, len(pieces[i]), len(payloads[i])) for i, m in enumerate(chosen)]
         whole = zc.compress(data) if whole is None else whole
         st["zstd_bytes"] += len(whole)
-        total = sum(len(p) for p in payloads) + sum(blocks)
-        for i, m in enumerate(chosen):
-            if m != MODEL:
-                cost[i] = len(payloads[i])
-        if len(whole) < total:
-            cost = [len(whole) * len(p) / len(data) for p in pieces]
-        if staging:
-            best = min(total, len(whole))
-            staged = self._staged(data, index, crc, flags, cost, seg, best, head_cost)
-            if staged is not None:
-                return staged
-        if len(whole) < total:
-            # zstd over the whole frame beats the segmented result: one zstd segment
-            one = Segment(ZSTD, len(data), len(whole))
-            return Frame(index, len(data), crc, len(data), [one], [], flags), [whole], []
-        st["model_bits"] += model_bits
-        st["prior_bits"] += prior_total
         fr = Frame(index, len(data), crc, seg, segments, blocks, flags)
         if blocks:
             fr.flags |= FLAG_MODEL
@@ -720,17 +711,33 @@ class _Writer:
             fr.model_name = self.name
             fr.model_hash = bytes.fromhex(int_model.content_hash())
             fr.lanes = lanes
+        # the frames compared whole, headers included (a model frame names its model)
+        zstd_frame = _zstd_frame(index, data, crc, flags, whole)
+        total, zstd_total = frame_bytes(fr, payloads, streams), frame_bytes(*zstd_frame)
+        for i, m in enumerate(chosen):
+            if m != MODEL:
+                cost[i] = len(payloads[i])
+        if zstd_total < total:
+            cost = [len(whole) * len(p) / len(data) for p in pieces]
+        if staging:
+            best = min(total, zstd_total)
+            staged = self._staged(data, index, crc, flags, cost, seg, best, head_cost)
+            if staged is not None:
+                return staged
+        if zstd_total < total:  # zstd over the whole frame beats the segmented result
+            return zstd_frame
+        st["model_bits"] += model_bits
+        st["prior_bits"] += prior_total
         return fr, payloads, streams
 
     def _staged(self, data, index, crc, flags, cost, seg, best, head_cost=None):
         """The frame as stage segments (adaptive.encode_stage), if it comes out smaller
-        than `best` bytes, else None. `cost`: each model-frame segment's bytes (segments
-        of `seg` bytes), for the stage's early give-up (STAGE_CHECKS; None: no model
-        frame to compare with, no give-up); `head_cost`: (bytes, stream bytes) of the
-        stage alone on the frame's first bytes, already known (STAGE_HEAD_EARLY). It
-        runs after the
-        model frame, not beside it: both at once held both sets of tables (alice29.txt:
-        peak RSS 451 -> 674 MB)."""
+        than `best` bytes (header included: frame_bytes), else None. `cost`: each
+        model-frame segment's bytes (segments of `seg` bytes), for the stage's early
+        give-up (STAGE_CHECKS; None: no model frame to compare with, no give-up);
+        `head_cost`: (bytes, stream bytes) of the stage alone on the frame's first bytes,
+        already known (STAGE_HEAD_EARLY). It runs after the model frame, not beside it:
+        both at once held both sets of tables (alice29.txt: peak RSS 451 -> 674 MB)."""
         from .modelspec import ADAPTIVE_VERSION
 
         n = len(data)
@@ -777,16 +784,27 @@ class _Writer:
             method = _classical(piece, zpiece)
             segments.append(Segment(method, len(piece), len(zpiece if method == ZSTD else piece)))
             payloads.append(zpiece if method == ZSTD else piece)
-        if sum(map(len, payloads)) >= best:
-            return None
         fr = Frame(index, len(data), crc, size, segments, [], flags)
         if any(s.method == STAGE for s in segments):
             fr.flags |= FLAG_STAGE
             fr.stage = ADAPTIVE_VERSION
+        if frame_bytes(fr, payloads, []) >= best:
+            return None
         self.stats["stage_bytes"] = self.stats.get("stage_bytes", 0) + sum(
             len(p) for p, s in zip(payloads, segments, strict=True) if s.method == STAGE
         )
         return fr, payloads, []
+
+
+def frame_bytes(fr: Frame, payloads: list[bytes], streams: list[bytes]) -> int:
+    """The bytes a frame takes in the file: its header, payloads and streams."""
+    return len(pack_header(fr)) + sum(map(len, payloads)) + sum(map(len, streams))
+
+
+def _zstd_frame(index: int, data: bytes, crc: int, flags: int, whole: bytes):
+    """The frame of `data` as one zstd segment `whole`, with its payloads and streams."""
+    one = Segment(ZSTD, len(data), len(whole))
+    return Frame(index, len(data), crc, len(data), [one], [], flags), [whole], []
 
 
 def stage_pieces(data: bytes) -> list[bytes]:

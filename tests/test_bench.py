@@ -162,7 +162,7 @@ def test_megazip_row_is_a_real_round_trip(report, corpus, model_dir):
         assert salad["model_bytes"] == pytest.approx(salad["model_bits"] / 8, rel=0.05, abs=16)
     from megazip import container
 
-    text = b"the model codes this text " * 40
+    text = (corpus / "salad.txt").read_bytes()
     h = container.scan(megazip.compress(text, str(model_dir), segment_size=len(text)))
     assert h.model_frames, "the text should be coded by the model"
     assert report["model"] == {
