@@ -4,7 +4,7 @@ A prior cannot know a file's own statistics. This stage learns them online, in i
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
 of each byte: the byte is the path of 8 binary decisions (most significant bit first)
 through a tree of 255 nodes, node n in 1..255 (children 2n for bit 0 and 2n + 1 for bit
-1, leaves 256 + byte). Each decision is coded on its own (the range coder codes bits):
+1, leaves 256 + byte). Each decision is coded on its own (the arithmetic coder codes bits):
 for the node on the byte's path the stage computes p(bit = 1) from these models, each
 an input of the mixers (a counter is a 16-bit probability with a hit count, learning at
 rate 1 / (n + 1.5)):
@@ -334,11 +334,12 @@ class LaneModels:
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
-        w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4 + N_SEL5, N_IN + 1), np.int64)
+        sel5 = N_SEL5 if record else 0  # the 5th mixer and its APM serve record lanes only
+        w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4 + sel5, N_IN + 1), np.int64)
         w2[:, IN_PRIOR] = 1 << MIX_SHIFT
         w2[N_SEL2:, IN_MATCH] = MATCH_INIT
         self.weights2 = w2
-        wf = np.zeros((256, N_MIX + 1), np.int64)  # the final mixer of the three, per node
+        wf = np.zeros((256, N_MIX + 1), np.int64)  # the final mixer of the five, per node
         wf[:, :N_MIX] = FINAL_INIT
 
         self.final = wf
@@ -347,7 +348,7 @@ class LaneModels:
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256, 1))
         self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
-        self.apm5 = np.tile(knots, (4096 * 8, 1))
+        self.apm5 = np.tile(knots, (sel5, 1))
         # block parameters: [0] the record length signalled for the block (0: none);
         # [1] models switched off (OFF_* bits: for measuring what each adds; a stream
         # always has 0)
@@ -1182,7 +1183,7 @@ def predict(models: LaneModels, nodes: np.ndarray, active: np.ndarray) -> np.nda
 
 
 def predict_table(models, nodes, bits, active, table) -> None:
-    """Decoder side, predict() as the range coder's table: with bits (the last decisions
+    """Decoder side, predict() as a binary coder's table: with bits (the last decisions
     of the m active lanes, in lane order; empty at the root) each active lane's node
     first moves to its child (nodes (B,) int64, in place), then row i of `table` (m, 2)
     float64 becomes (65536 - p, p) of the i-th active lane's node."""

@@ -1,17 +1,19 @@
-"""Range coding of byte lanes with the integer model's count tables (constriction).
+"""Coding of byte lanes with the integer model's count tables: with the adaptive stage, its
+8 binary decisions a byte by the stage's arithmetic coder (adaptive.PathEncoder /
+PathDecoder); without it, a byte per symbol by constriction's range coder.
 
-A *block* is up to G segments ("lanes") coded together in one range-coder stream. The
-lanes advance in lockstep: at byte position t, every lane still longer than t codes its
-byte t, in lane order. The encoder gets all tables from one teacher-forced pass
-(BlockTables); the decoder recomputes them byte by byte; the integer model makes both
-identical.
+A *block* is up to G segments ("lanes") coded together in one stream. The lanes advance
+in lockstep: at byte position t, every lane still longer than t codes its byte t, in
+lane order (with the adaptive stage: depth by depth, the lanes in order at each depth).
+The encoder gets all tables from one teacher-forced pass (BlockTables); the decoder
+recomputes them byte by byte; the integer model makes both identical.
 
 Lanes are zero-padded to a whole number of patches; padding bytes are never coded (the
 decoder feeds zeros in their place, exactly as the encoder saw them).
 
 One code path per job: BlockTables yields a block's final tables chunk by chunk (the
 record length chosen and signalled as the stream does) and adds up their code lengths;
-encode_block range-codes those tables, code_lengths (evaluation) only iterates them, so an
+encode_block codes those tables, code_lengths (evaluation) only iterates them, so an
 evaluation's code length is the encoder's to the last bit.
 
 Everything here is numpy: the integer model is NpMegabyte (megazip/npmodel.py, the CPU
@@ -43,7 +45,7 @@ SPLIT_MIN_LANES = 16  # decode_block with lane_threads > 1: model and mix on two
 # (_decode_steps_split) from this many lanes; with fewer, the hand-offs between the
 # threads cost more than the halved work saves
 SPLIT_MAIN_SIXTEENTHS = 6  # ... of which the decoding thread takes 6/16 of the lanes (it
-# also range-decodes and updates every lane: 6/16 gave both threads the same CPU time on
+# also decodes and updates every lane: 6/16 gave both threads the same CPU time on
 # 32 lanes of text, 8/16 left the decoding thread ~20 % behind)
 
 
@@ -382,7 +384,9 @@ def decode_block(
 def _decode_steps(int_model, dec, out, lens, state, models, progress) -> None:
     """The lockstep decoding loop of decode_block: fills `out` (B, T) uint8 in place.
     Bookkeeping (lengths, active lanes, the bytes) stays on the host; per step one model
-    call (the whole local model), one adaptive mix and update, one range-decoder call."""
+    call (the whole local model), then with the adaptive stage one call that decodes the
+    byte of every lane (adaptive.PathDecoder) and one update, without it one range-decoder
+    call."""
     P = int_model.config.patch_size
     B, T = out.shape
     pad = np.full((B,), PAD_BYTE, dtype=np.int64)
@@ -445,8 +449,9 @@ def _decode_steps_split(int_model, dec, out, lens, models, progress) -> None:
     this thread runs the adaptive update (lane order, the only part that writes state the
     lanes share), then the model of the first group; each thread then runs
     adaptive.begin of its group (the worker's after the update: begin reads the shared
-    state), and this thread predicts and range-decodes the byte's 8 decisions of every
-    lane. The numba kernels release the GIL, so the threads run at once."""
+    state), and this thread decodes the byte's 8 decisions of every lane
+    (adaptive.PathDecoder). The numba kernels release the GIL, so the threads run at
+    once."""
     import queue
     import threading
 
