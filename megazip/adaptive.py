@@ -77,8 +77,8 @@ The stage also codes a segment alone (encode_stage, decode_stage: one lane, a fl
 prior, its own binary arithmetic coder), for data the model adds little to. Since
 version 8 the same coder codes the decisions of a model block (PathEncoder,
 PathDecoder: a decoder decodes the byte of every lane in one compiled call, instead of
-a call to constriction's range coder per decision: -13 % decoding time on text, and
-streams a few bytes smaller).
+a call to the stage and to constriction's range coder per decision; streams are also a
+few bytes smaller).
 
 Format version: ADAPTIVE_VERSION (megazip/modelspec.py), recorded in .mgz headers;
 docs/FORMAT.md describes it.
