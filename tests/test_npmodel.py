@@ -142,7 +142,7 @@ def test_container_picks_numpy_on_the_cpu():
 NO_TORCH = """
 import sys
 from megazip.cli.main import main
-for args in (["compress", "-q", "-f", sys.argv[1], "-o", sys.argv[2]],
+for args in (["compress", "-q", "-f", "--lanes", "4", sys.argv[1], "-o", sys.argv[2]],
              ["decompress", "-q", "-f", sys.argv[2], "-o", sys.argv[3]],
              ["test", "-q", sys.argv[2]]):
     try:
@@ -155,6 +155,7 @@ print("no torch")
 
 
 def test_cpu_coding_path_never_imports_torch(tmp_path):
+    """The model path (a layout is given, so no stage frame is tried) runs without torch."""
     src, packed, back = tmp_path / "t.txt", tmp_path / "t.mgz", tmp_path / "t.out"
     src.write_bytes(word_text(7, 3000))
     r = subprocess.run(
