@@ -1226,6 +1226,42 @@ def _split(x1, x2, p):
     return x1 + (r >> 16) * p + (((r & 0xFFFF) * p) >> 16)
 
 
+@_inline
+def _encode_bit(x1, x2, p, y, out, k):
+    """The coder's interval [x1, x2] after coding bit y with p(bit = 1) = p / 65536, the
+    bytes it shifts out written to out from k on: (x1, x2, k)."""
+    xmid = _split(x1, x2, p)
+    if y:
+        x2 = xmid
+    else:
+        x1 = xmid + 1
+    while ((x1 ^ x2) >> 24) == 0:
+        out[k] = x2 >> 24
+        k += 1
+        x1 = (x1 << 8) & 0xFFFFFFFF
+        x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+    return x1, x2, k
+
+
+@_inline
+def _decode_bit(x1, x2, x, pos, p, stream):
+    """The bit that code value x holds under p(bit = 1) = p / 65536 in [x1, x2], and the
+    coder after it, reading stream from pos on (0xFF beyond its end): (bit, x1, x2, x,
+    pos)."""
+    xmid = _split(x1, x2, p)
+    bit = 1 if x <= xmid else 0
+    if bit:
+        x2 = xmid
+    else:
+        x1 = xmid + 1
+    while ((x1 ^ x2) >> 24) == 0:
+        x1 = (x1 << 8) & 0xFFFFFFFF
+        x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+        x = ((x << 8) & 0xFFFFFFFF) | (np.int64(stream[pos]) if pos < stream.shape[0] else 255)
+        pos += 1
+    return bit, x1, x2, x, pos
+
+
 @_jit
 def _encode_lane(data, out, checks, limits, st):
     """Code data (n,) uint8 as lane 0 of the fresh state st into out (at least 2n + 16
@@ -1246,16 +1282,8 @@ def _encode_lane(data, out, checks, limits, st):
         sym = np.int64(data[t])
         for d in range(8):
             n = (256 + sym) >> (8 - d)
-            xmid = _split(x1, x2, _node_one(n, 0, st))
-            if (sym >> (7 - d)) & 1:
-                x2 = xmid
-            else:
-                x1 = xmid + 1
-            while ((x1 ^ x2) >> 24) == 0:
-                out[k] = x2 >> 24
-                k += 1
-                x1 = (x1 << 8) & 0xFFFFFFFF
-                x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+            p = _node_one(n, 0, st)
+            x1, x2, k = _encode_bit(x1, x2, p, (sym >> (7 - d)) & 1, out, k)
         _update_one(sym, 0, st)
     out[k] = x1 >> 24
     return k + 1, -1
@@ -1278,18 +1306,9 @@ def _decode_lane(stream, out, st):
         _begin_one(counts, 0, st)
         n = 1
         for _d in range(8):
-            xmid = _split(x1, x2, _node_one(n, 0, st))
-            if x <= xmid:
-                x2 = xmid
-                n = 2 * n + 1
-            else:
-                x1 = xmid + 1
-                n = 2 * n
-            while ((x1 ^ x2) >> 24) == 0:
-                x1 = (x1 << 8) & 0xFFFFFFFF
-                x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
-                x = ((x << 8) & 0xFFFFFFFF) | (np.int64(stream[pos]) if pos < m else 255)
-                pos += 1
+            p = _node_one(n, 0, st)
+            bit, x1, x2, x, pos = _decode_bit(x1, x2, x, pos, p, stream)
+            n = 2 * n + bit
         out[t] = n - 256
         _update_one(n - 256, 0, st)
 
@@ -1312,16 +1331,8 @@ def _encode_paths(probs, symbols, active, coder, out, k):
         for d in range(8):
             for b in range(B):
                 if active[b, c]:
-                    xmid = _split(x1, x2, probs[b, c, d])
-                    if (symbols[b, c] >> (7 - d)) & 1:
-                        x2 = xmid
-                    else:
-                        x1 = xmid + 1
-                    while ((x1 ^ x2) >> 24) == 0:
-                        out[k] = x2 >> 24
-                        k += 1
-                        x1 = (x1 << 8) & 0xFFFFFFFF
-                        x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+                    y = (symbols[b, c] >> (7 - d)) & 1
+                    x1, x2, k = _encode_bit(x1, x2, probs[b, c, d], y, out, k)
     coder[0], coder[1] = x1, x2
     return k
 
@@ -1332,25 +1343,14 @@ def _decode_paths(active, coder, stream, symbols, st):
     uint8: its 8 decisions, depth by depth, lane by lane, decoded from stream with
     coder = [x1, x2, x, position in stream] in and out (0xFF read beyond the end)."""
     x1, x2, x, pos = coder[0], coder[1], coder[2], coder[3]
-    m = stream.shape[0]
     B = active.shape[0]
     nodes = np.ones(B, np.int64)
     for _d in range(8):
         for b in range(B):
             if active[b]:
-                n = nodes[b]
-                xmid = _split(x1, x2, _node_one(n, b, st))
-                if x <= xmid:
-                    x2 = xmid
-                    nodes[b] = 2 * n + 1
-                else:
-                    x1 = xmid + 1
-                    nodes[b] = 2 * n
-                while ((x1 ^ x2) >> 24) == 0:
-                    x1 = (x1 << 8) & 0xFFFFFFFF
-                    x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
-                    x = ((x << 8) & 0xFFFFFFFF) | (np.int64(stream[pos]) if pos < m else 255)
-                    pos += 1
+                p = _node_one(nodes[b], b, st)
+                bit, x1, x2, x, pos = _decode_bit(x1, x2, x, pos, p, stream)
+                nodes[b] = 2 * nodes[b] + bit
     for b in range(B):
         symbols[b] = nodes[b] - 256 if active[b] else 0
     coder[0], coder[1], coder[2], coder[3] = x1, x2, x, pos
