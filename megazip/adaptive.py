@@ -1,4 +1,4 @@
-"""The adaptive stage (version 8): context mixing on top of the model, shared by a block.
+"""The adaptive stage (version 9): context mixing on top of the model, shared by a block.
 
 A prior cannot know a file's own statistics. This stage learns them online, in integer
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
@@ -28,7 +28,10 @@ rate 1 / (n + 1.5)):
   probability, one per bucket of its hit count, learning what such counters turn out to
   be worth), as the mean of the counter's and the map's stretch;
 - a match model: the byte that followed the last occurrence of the last MIN_MATCH bytes
-  (in any lane of the block), predicted with a learned confidence per match length;
+  (in any lane of the block), predicted with a learned confidence per match length; a
+  match that was right for RECOVER_LEN bytes in a row outlives a wrong byte (version 9:
+  it is *recovered*, its length restarts at 0 and its confidence is learned apart, by
+  the times it was recovered: kennedy.xls -11 %, executables -1 %);
 - a run model: per hashed order's context, the byte that last followed it and how many
   times in a row; the longest order that has one predicts it, with a learned confidence
   per (order, run length) (version 7: -0.1 % on texts, -1.4 % on kennedy.xls alone);
@@ -136,6 +139,8 @@ RUN_BITS_EXTRA = 2  # the run model's slots: 4 per bucket of a hashed context ki
 RUN_MAX = 15  # run lengths the run model's confidence tells apart
 WAYS = 4  # a context's bucket may sit in any of 4 neighbouring places (set-associative)
 MIN_MATCH = 6  # bytes hashed to find a match
+RECOVER_LEN = 8  # a match right this many bytes in a row survives a wrong byte (version 9)
+N_RECOVERED = 4  # the match confidence per (length, times recovered up to 3)
 MAX_LEN = 32  # match lengths are counted up to this
 N_MSTATE = 6  # mixer weight sets per node: (no match on this node, short, long) x record
 LONG_MATCH = 16
@@ -169,6 +174,7 @@ OFF_RUN, OFF_FORGET = 128, 256  # the run model; record lanes' forgetting counte
 OFF_WAYS = 512  # one place per bucket instead of WAYS
 OFF_PIXEL = 1024  # record lanes' 5th mixer and APM, selected by a pixel context
 OFF_WORDS = 2048  # text lanes' skip-bigram and trigram word contexts
+OFF_RECOVER = 4096  # the match model's recovery (a match ends at its first wrong byte)
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
 # sees the mean of the counter's and the map's stretch
@@ -285,7 +291,8 @@ L_HASH = 12  # N_HASHED context hashes follow
 L_NL = L_HASH + N_HASHED  # text column: the start of the current line, of the previous
 L_PNL = L_NL + 1
 L_PPW = L_PNL + 1
-N_LANE = L_PPW + 1
+L_MISS = L_PPW + 1  # how often the lane's match was kept past a wrong byte (0..)
+N_LANE = L_MISS + 1
 # per lane, from _begin_one for _node_one and the update (LaneModels.pend): the match
 # model's expected byte (-1: none), its stretched confidence and state; the column
 # predictions (expected bytes, counter bases) and the second mixer's class of the last
@@ -327,7 +334,8 @@ class LaneModels:
         self.bitmap = np.full(BM_OFF[2] + (1 << bmb), 32768 << 16, np.uint32)
         self.colpred = np.full((N_COLPRED, (COL_CAP + 1) * 48), 32768 << 16, np.uint32)
         self.match = np.full(1 << mbits, -1, np.int32)  # lane * capacity + position
-        self.mconf = np.zeros((MAX_LEN + 1, 2), np.int64)  # p(right) 16 bits, count
+        # p(right) 16 bits, count; per (times recovered, length since)
+        self.mconf = np.zeros((N_RECOVERED * (MAX_LEN + 1), 2), np.int64)
         self.mconf[:, 0] = 49152
         sm = SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20
         self.smap = np.tile(sm + SM_INIT, N_HASHED * SM_BUCKETS)
@@ -475,6 +483,13 @@ def _pred_state(e, n, d):
 
 
 @_jit
+def _mconf_row(lane, b, mlen):
+    """The match confidence's row of lane b's match: by the times it was recovered (kept
+    past a wrong byte, up to N_RECOVERED - 1) and its length since (up to MAX_LEN)."""
+    return mlen + (MAX_LEN + 1) * min(lane[b, L_MISS], N_RECOVERED - 1)
+
+
+@_jit
 def _mrow(e, mlen, n, d):
     """The match state of node n (depth d) for the first APM: 0 without an expected byte
     e on this node, else 1 + 2 * (length bucket) + e's bit."""
@@ -574,8 +589,9 @@ def _begin_one(counts, b, st):
         if mp < lane[ml, L_LEN]:
             e = np.int64(hist[ml, mp])
             mlen = min(lane[b, L_MLEN], MAX_LEN)
+    mi = _mconf_row(lane, b, mlen)
     pb[P_EXP] = e
-    pb[P_SP] = _st(mconf[mlen, 0]) if e >= 0 else 0
+    pb[P_SP] = _st(mconf[mi, 0]) if e >= 0 else 0
     pb[P_MST] = (1 if mlen < LONG_MATCH else 2) if e >= 0 else 0
     pb[P_MASS] = COUNT_TOTAL - 256
     # run model: the longest order whose slot remembers a byte that followed it
@@ -889,6 +905,7 @@ def _update_one(sym, b, st):
     c1 = lane[b, L_C1]
     e = pend[b, P_EXP]
     mlen = min(lane[b, L_MLEN], MAX_LEN)
+    mi = _mconf_row(lane, b, mlen)
     # hashed contexts: the high-nibble bucket and the actual low-nibble bucket
     nk = K_REC if lane[b, L_RLEN] > 0 else K_TEXT
     forget = lane[b, L_RLEN] > 0 and (params[1] & OFF_FORGET) == 0  # after a surprise
@@ -974,10 +991,10 @@ def _update_one(sym, b, st):
         if on_path:
             if ((256 + e) >> (8 - d)) == n:
                 ok = 1 if ((e >> (7 - d)) & 1) == y else 0
-                c = mconf[mlen, 1]
-                mconf[mlen, 0] += (ok * 65535 - mconf[mlen, 0]) * 2 // (2 * min(c, 255) + 3)
-                mconf[mlen, 0] = min(65535, max(1, mconf[mlen, 0]))
-                mconf[mlen, 1] = c + 1
+                c = mconf[mi, 1]
+                mconf[mi, 0] += (ok * 65535 - mconf[mi, 0]) * 2 // (2 * min(c, 255) + 3)
+                mconf[mi, 0] = min(65535, max(1, mconf[mi, 0]))
+                mconf[mi, 1] = c + 1
             else:
                 on_path = False
         pm = np.int64(pmix[b, d])
@@ -1032,9 +1049,15 @@ def _update_one(sym, b, st):
     if ml >= 0 and e == sym:
         lane[b, L_MPOS] += 1
         lane[b, L_MLEN] += 1
+    elif ml >= 0 and lane[b, L_MLEN] >= RECOVER_LEN and (params[1] & OFF_RECOVER) == 0:
+        # recovered: kept past the wrong byte
+        lane[b, L_MPOS] += 1
+        lane[b, L_MLEN] = 0
+        lane[b, L_MISS] += 1
     else:
         lane[b, L_MLANE] = -1
         lane[b, L_MLEN] = 0
+        lane[b, L_MISS] = 0
     if nlen >= MIN_MATCH:
         h = _ctx_hash(hist, b, nlen, MIN_MATCH)
         slot = (h >> 16) & (match.shape[0] - 1)
@@ -1055,6 +1078,7 @@ def _update_one(sym, b, st):
                         lane[b, L_MLANE] = cl
                         lane[b, L_MPOS] = cp
                         lane[b, L_MLEN] = k
+                        lane[b, L_MISS] = 0
         match[slot] = b * cap + nlen
     for k in range(len(ORDERS)):
         lane[b, L_HASH + k] = _ctx_hash(hist, b, nlen, ORDERS[k])

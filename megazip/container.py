@@ -70,7 +70,7 @@ STATE_PER_LANE = 35_000
 STATE_SHARED = 270_000_000
 # Adaptive-stage versions of format-2 files that this release no longer decodes, and the
 # megazip release that does.
-OLD_STAGES = {3: "0.2.0", 4: "0.3.0", 5: "0.4.0", 6: "0.5.0", 7: "0.6.0"}
+OLD_STAGES = {3: "0.2.0", 4: "0.3.0", 5: "0.4.0", 6: "0.5.0", 7: "0.6.0", 8: "0.7.0"}
 
 # Writer defaults.
 FRAME_SIZE = 8 << 20  # bytes of input per frame (see FORMAT.md, "Frames": costs ~nothing)
