@@ -255,7 +255,7 @@ for _i, _lo in enumerate((1, 2, 3, 4, 5, 7, 10, 15, 23, 36, 61, 121)):
 MLEN_BUCKET = np.zeros(MAX_LEN + 1, np.int64)
 for _i, _lo in enumerate((0, 12, 16, 24, 32)):
     MLEN_BUCKET[_lo:] = _i
-N_MROW = 11
+N_MROW = 21  # the first APM's rows per node: no match; (bucket, bit) x (recovered or not)
 
 # classes of the last byte for the second mixer: letters, white space, digits and ASCII
 # punctuation, others
@@ -496,12 +496,13 @@ def _mconf_row(lane, b, mlen):
 
 
 @_jit
-def _mrow(e, mlen, n, d):
+def _mrow(e, mlen, n, d, miss):
     """The match state of node n (depth d) for the first APM: 0 without an expected byte
-    e on this node, else 1 + 2 * (length bucket) + e's bit."""
+    e on this node, else 1 + 2 * (length bucket) + e's bit, + 10 for a recovered match
+    (`miss` > 0; version 9)."""
     if e < 0 or ((256 + e) >> (8 - d)) != n:
         return 0
-    return 1 + 2 * MLEN_BUCKET[min(mlen, MAX_LEN)] + ((e >> (7 - d)) & 1)
+    return 1 + 2 * MLEN_BUCKET[min(mlen, MAX_LEN)] + ((e >> (7 - d)) & 1) + (10 if miss > 0 else 0)
 
 
 @_jit
@@ -793,7 +794,7 @@ def _node_one(n, b, st):
     k1 = min(sv >> APM_SHIFT, APM_KNOTS - 2)
     f1 = sv - (k1 << APM_SHIFT)
     g1 = APM_STEP - f1
-    r = n * N_MROW + _mrow(e, lane[b, L_MLEN], n, d)
+    r = n * N_MROW + _mrow(e, lane[b, L_MLEN], n, d, lane[b, L_MISS])
     q1 = ((a1[r, k1] >> 16) * g1 + (a1[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
     r = r0 + n
     q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
@@ -1049,7 +1050,7 @@ def _update_one(sym, b, st):
         # APMs: move the two knots around p toward the bit
         k1, f1 = _apm_idx(pm)
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
-        r = n * N_MROW + _mrow(e, mlen, n, d)
+        r = n * N_MROW + _mrow(e, mlen, n, d, lane[b, L_MISS])
         a1[r, k1] = _learn_apm(a1[r, k1], y)
         r = n + (c1 << 8)
         a2[r, k1] = _learn_apm(a2[r, k1], y)
