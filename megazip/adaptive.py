@@ -161,6 +161,8 @@ APM_LIMIT = 127
 APM4_BITS = 16  # the order-2 APM: (last two bytes, node) hashed to this many bits
 APM4_ROWS = 1 << APM4_BITS  # ... as are the order-3 and order-4 APMs (text lanes)
 APM_INIT = 8  # initial observation count of an APM knot (its first rates: 1 / 9.5 ...)
+KNOT_SHIFT = 8  # an APM or counter-map knot: (probability, 20 bits) << 8 | count, a u32
+KNOT_COUNT = (1 << KNOT_SHIFT) - 1
 LAZY_MASS = 4096  # nodes reached with less of the 2^24 mass (surprises) teach nothing
 MAX_BUCKET_BITS = 18  # per hashed context kind: at most 2^18 buckets of 16 entries
 MIN_BUCKET_BITS = 10
@@ -307,6 +309,13 @@ P_RE, P_RK, P_RC, P_BASE = 11, 12, 13, 14
 N_PEND = P_BASE + N_HASHED
 
 
+def _knots(count: int) -> np.ndarray:
+    """The APM_KNOTS knots of a fresh APM or counter map, (APM_KNOTS,) u32: knot j at
+    SQUASH[j * APM_STEP] (as 20 bits) with `count` observations."""
+    p20 = SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 4
+    return ((p20 << KNOT_SHIFT) + count).astype(np.uint32)
+
+
 class LaneModels:
     """Adaptive state of one block of B lanes of up to `capacity` bytes each, given the
     block's signalled record length `record` (0: none): per-lane histories and a model
@@ -340,8 +349,7 @@ class LaneModels:
         # p(right) 16 bits, count; per (times recovered, length since)
         self.mconf = np.zeros((N_RECOVERED * (MAX_LEN + 1), 2), np.int64)
         self.mconf[:, 0] = 49152
-        sm = SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20
-        self.smap = np.tile(sm + SM_INIT, N_HASHED * SM_BUCKETS)
+        self.smap = np.tile(_knots(SM_INIT), N_HASHED * SM_BUCKETS)
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
         self.weights = w
@@ -354,7 +362,7 @@ class LaneModels:
         wf[:, :N_MIX] = FINAL_INIT
 
         self.final = wf
-        knots = (SQUASH[np.arange(APM_KNOTS) * APM_STEP].astype(np.int64) << 20) + APM_INIT
+        knots = _knots(APM_INIT)
         self.apm1 = np.tile(knots, (256 * N_MROW, 1))
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256 if record else 0, 1))  # record lanes only
@@ -522,7 +530,9 @@ def _smap(smap, k, v):
     kn = min(sv >> APM_SHIFT, APM_KNOTS - 2)
     f = sv - (kn << APM_SHIFT)
     r = (k * SM_BUCKETS + SM_CB[v & 0xFFFF]) * APM_KNOTS + kn
-    q = ((smap[r] >> 16) * (APM_STEP - f) + (smap[r + 1] >> 16) * f) >> (APM_SHIFT + 4)
+    q = ((smap[r] >> KNOT_SHIFT) * (APM_STEP - f) + (smap[r + 1] >> KNOT_SHIFT) * f) >> (
+        APM_SHIFT + 4
+    )
     return (STRETCH[v >> 16] + _st(q)) >> 1, r + (1 if 2 * f >= APM_STEP else 0)
 
 
@@ -795,29 +805,37 @@ def _node_one(n, b, st):
     f1 = sv - (k1 << APM_SHIFT)
     g1 = APM_STEP - f1
     r = n * N_MROW + _mrow(e, lane[b, L_MLEN], n, d, lane[b, L_MISS])
-    q1 = ((a1[r, k1] >> 16) * g1 + (a1[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    q1 = ((a1[r, k1] >> KNOT_SHIFT) * g1 + (a1[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (APM_SHIFT + 4)
     r = r0 + n
-    q2 = ((a2[r, k1] >> 16) * g1 + (a2[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    q2 = ((a2[r, k1] >> KNOT_SHIFT) * g1 + (a2[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (APM_SHIFT + 4)
     q3 = 0
     if rec:
         r = (lane[b, L_U1] << 8) + n
-        q3 = ((a3[r, k1] >> 16) * g1 + (a3[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+        q3 = ((a3[r, k1] >> KNOT_SHIFT) * g1 + (a3[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (
+            APM_SHIFT + 4
+        )
     tt = lane[b, L_LEN]
     c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
     r = _apm4_row(c2, n)
-    q4 = ((a4[r, k1] >> 16) * g1 + (a4[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+    q4 = ((a4[r, k1] >> KNOT_SHIFT) * g1 + (a4[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (APM_SHIFT + 4)
     q6 = q7 = 0
     apm34 = not rec and (off & OFF_APM34) == 0
     if apm34:  # text: the order-3 and order-4 APMs
         c3 = (np.int64(hist[b, tt - 3]) if tt >= 3 else 0) << 16 | c2
         r = _apm4_row(c3, n)
-        q6 = ((a6[r, k1] >> 16) * g1 + (a6[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+        q6 = ((a6[r, k1] >> KNOT_SHIFT) * g1 + (a6[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (
+            APM_SHIFT + 4
+        )
         r = _apm4_row((np.int64(hist[b, tt - 4]) if tt >= 4 else 0) << 24 | c3, n) + APM4_ROWS
-        q7 = ((a6[r, k1] >> 16) * g1 + (a6[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+        q7 = ((a6[r, k1] >> KNOT_SHIFT) * g1 + (a6[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (
+            APM_SHIFT + 4
+        )
     q5 = 0
     if pix >= 0:
         r = pix * 8 + d
-        q5 = ((a5[r, k1] >> 16) * g1 + (a5[r, k1 + 1] >> 16) * f1) >> (APM_SHIFT + 4)
+        q5 = ((a5[r, k1] >> KNOT_SHIFT) * g1 + (a5[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (
+            APM_SHIFT + 4
+        )
     if off & OFF_APM2:  # version 3's APMs
         p = (pm + q1 + q2 + q3) >> 2 if rec else (2 * pm + q1 + q2) >> 2
     elif pix >= 0:
@@ -871,12 +889,12 @@ def _learn_ctx(v, y, forget):
 
 @_jit
 def _learn_knot(v, y, limit):
-    """An APM or counter-map knot v ((probability, 20 bits) << 16 | count) after bit y; the
-    count, which sets the rate, stops at `limit`."""
-    p = v >> 16
-    n = v & 0xFFFF
+    """An APM or counter-map knot v ((probability, 20 bits) << KNOT_SHIFT | count, a u32)
+    after bit y; the count, which sets the rate, stops at `limit`."""
+    p = v >> KNOT_SHIFT
+    n = v & KNOT_COUNT
     p += (((y << 20) - p) * RATE[n]) >> 16
-    return (p << 16) | min(n + 1, limit)
+    return (p << KNOT_SHIFT) | min(n + 1, limit)
 
 
 @_jit
