@@ -67,7 +67,7 @@ MAX_NAME = 255
 # What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
 # adaptive stage's state per lane and its shared tables (at their caps).
 STATE_PER_LANE = 35_000
-STATE_SHARED = 270_000_000
+STATE_SHARED = 245_000_000
 # Adaptive-stage versions of format-2 files that this release no longer decodes, and the
 # megazip release that does.
 OLD_STAGES = {3: "0.2.0", 4: "0.3.0", 5: "0.4.0", 6: "0.5.0", 7: "0.6.0", 8: "0.7.0"}
