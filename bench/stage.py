@@ -165,14 +165,15 @@ def replay(segments, prior, mode="shipped", stage=None):
 def stage_alone_bytes(data: bytes, stage=None) -> tuple[float, float]:
     """(bytes, stage seconds) of `data` as the writer's stage segments: the ideal code
     length of each of container.stage_pieces coded alone (one lane, flat prior) plus
-    adaptive.STAGE_HEAD + 1 bytes a piece."""
+    the record length's head and 1 byte a piece."""
     from megazip import adaptive, container
 
     total = secs = 0.0
     for piece in container.stage_pieces(data):
         shape = np.broadcast_to(np.zeros((1, 1, 256), np.int32), (1, len(piece), 256))
         bits, s = replay([piece], shape, "flat", stage)
-        total += bits.sum() / 8 + adaptive.STAGE_HEAD + 1
+        head = adaptive.record_head(adaptive.choose_record([piece]))
+        total += bits.sum() / 8 + len(head) + 1
         secs += s
     return total, secs
 

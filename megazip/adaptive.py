@@ -1,4 +1,4 @@
-"""The adaptive stage (version 9): context mixing on top of the model, shared by a block.
+"""The adaptive stage (version 10): context mixing on top of the model, shared by a block.
 
 A prior cannot know a file's own statistics. This stage learns them online, in integer
 arithmetic, and mixes them with the prior, paq/lpaq style, on a *binary decomposition*
@@ -12,7 +12,9 @@ rate 1 / (n + 1.5)):
 - the prior: the node's share of the prior's 256 counts (the prior is exact in this
   decomposition: without other inputs the stage reproduces it);
 - order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 6, 8, a word
-  context (the letters since the last non-letter, case folded) and two record contexts
+  context (the letters since the last non-letter, case folded; in a record lane whose
+  recent bytes are mostly not text, a sparse context of the 3 bytes before the last
+  instead: version 10, executables -0.7 %) and two record contexts
   or, without a record length, two word contexts (the word before the last with the
   current one, and the last three words: version 8, in place of sparse byte contexts,
   -0.2 to -0.6 % on long texts), each a counter per (context, node) in buckets of 16 per
@@ -46,7 +48,9 @@ rate 1 / (n + 1.5)):
   distances was dropped, as it only ever cost text files, up to 0.4 %);
 
 mixed in the logistic ("stretch") domain by four single-layer networks with integer
-weights learned online, one with weight sets selected by (node, match state, record),
+weights learned online (each input's weight starting at 1/8, the prior's at 1: version
+10, -0.1 % on texts, -1 % on files of a few KB), one with weight sets selected by
+(node, match state, record),
 the second by (confirmed orders, depth, match state, record, class of the last byte or
 which column predictions held), the third by (last byte, depth), the fourth by (byte
 before the last, depth), and with a record length a fifth by (the node's 12-bit pixel
@@ -119,14 +123,19 @@ N_BITMAP = 3  # bit-level 2-D contexts of a lane with a record length, in one ta
 BM_OFF = (0, 1 << 12, (1 << 12) + (1 << 20))  # 12 and 20 bits direct, then one hashed to
 BITMAP_BITS = 22  # at most this many bits (fewer for small blocks)
 N_COLPRED = 2  # expected bytes of a record lane: the byte above; above + (above - 2 up)
+N_WIDE = 3  # wider bit-level 2-D contexts of a record lane, hashed into the bitmap table's
+# last part, which only mixers 1 and 5 read (version 10: 1-bit images -1 to -6 %; read by
+# all five mixers they cost other record files 0.1-0.3 %)
 COL_CAP = 1023  # columns beyond this share one context
 # mixer inputs: bias, prior, order 1, match, run, hashed contexts, then those of record lanes
-# only: bitmap contexts, column predictions. A lane without a record length mixes the
-# first N_IN_TEXT (its other inputs would be 0), a lane with one all N_IN.
+# only: bitmap contexts, column predictions, wide bitmap contexts. A lane without a record
+# length mixes the first N_IN_TEXT (its other inputs would be 0), a lane with one all N_IN
+# in mixers 1 and 5 and the first IN_WIDE in the others.
 IN_BIAS, IN_PRIOR, IN_O1, IN_MATCH, IN_RUN, IN_H0 = 0, 1, 2, 3, 4, 5
 IN_BM = IN_H0 + N_HASHED
 IN_CP = IN_BM + N_BITMAP
-N_IN = IN_CP + N_COLPRED
+IN_WIDE = IN_CP + N_COLPRED
+N_IN = IN_WIDE + N_WIDE
 N_IN_TEXT = IN_H0 + K_TEXT
 # second mixer's weight sets: (confirmed orders, depth, match, record, class of the last byte
 # or, in a record lane, which column predictions held for it)
@@ -136,6 +145,8 @@ N_SEL4 = 256 * 8  # the fourth's: (byte t - 2, depth), after the third's
 N_MIX = 5
 N_SEL5 = 4096 * 8  # the fifth's (record lanes): (pixel context, depth), after the fourth's
 MATCH_INIT = 1 << 16  # mixers 3, 4 and 5: the initial weight of the match input
+INPUT_INIT = 1 << 13  # every mixer: the initial weight of the inputs after the prior (version
+# 10; 0 before: -0.1 % on texts, -1 % on files of a few KB, whose weights never settle)
 RUN_BITS_EXTRA = 2  # the run model's slots: 4 per bucket of a hashed context kind
 RUN_MAX = 15  # run lengths the run model's confidence tells apart
 WAYS = 4  # a context's bucket may sit in any of 4 neighbouring places (set-associative)
@@ -168,6 +179,10 @@ MAX_BUCKET_BITS = 18  # per hashed context kind: at most 2^18 buckets of 16 entr
 MIN_BUCKET_BITS = 10
 MATCH_BITS_MAX = 22
 ORDER0_HASH = 7146604135283800957  # the order-0 context of record lanes
+TEXT_FULL = 4096  # a lane's text score: s - s / 64 + (64 if a byte is text: BYTE_CLASS < 3)
+TEXT_BINARY = 3072  # ... below this (about 3/4 of the last ~64 bytes text) a record lane's
+# word context is a sparse one, of the 3 bytes before the last (version 10: executables
+# -0.7 %, kennedy.xls -0.4 %)
 MAX_RECORD = 2048  # longest record length the encoder looks for
 RECORD_LIMIT = 65535  # longest record length a stream may signal
 RECORD_WORK = 1 << 26  # the encoder's record search compares at most this many byte pairs
@@ -180,6 +195,9 @@ OFF_PIXEL = 1024  # record lanes' 5th mixer and APM, selected by a pixel context
 OFF_WORDS = 2048  # text lanes' skip-bigram and trigram word contexts
 OFF_RECOVER = 4096  # the match model's recovery (a match ends at its first wrong byte)
 OFF_APM34 = 8192  # text lanes' order-3 and order-4 APMs (version 8's final average)
+OFF_SPARSE = 16384  # binary record lanes' sparse context (the word context instead)
+OFF_INIT = 32768  # mixer weights of the inputs after the prior start at 0, not INPUT_INIT
+OFF_WIDE = 65536  # record lanes' wide bitmap contexts
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
 # sees the mean of the counter's and the map's stretch
@@ -297,7 +315,8 @@ L_NL = L_HASH + N_HASHED  # text column: the start of the current line, of the p
 L_PNL = L_NL + 1
 L_PPW = L_PNL + 1
 L_MISS = L_PPW + 1  # how often the lane's match was kept past a wrong byte (0..)
-N_LANE = L_MISS + 1
+L_TEXT = L_MISS + 1  # how much of the lane's recent bytes are text: TEXT_FULL all, 0 none
+N_LANE = L_MISS + 2
 # per lane, from _begin_one for _node_one and the update (LaneModels.pend): the match
 # model's expected byte (-1: none), its stretched confidence and state; the column
 # predictions (expected bytes, counter bases) and the second mixer's class of the last
@@ -330,6 +349,7 @@ class LaneModels:
         self.hist = np.zeros((lanes, capacity), np.uint8)
         self.lane = np.zeros((lanes, N_LANE), np.int64)
         self.lane[:, L_MLANE] = -1
+        self.lane[:, L_TEXT] = TEXT_FULL
         self.pend = np.full((lanes, N_PEND), -1, np.int64)
         self.tree = np.zeros((lanes, 512), np.int64)  # the prior's subtree sums (begin)
         # per lane and depth of the byte's path, saved at mix time for the update: the
@@ -352,10 +372,13 @@ class LaneModels:
         self.smap = np.tile(_knots(SM_INIT), N_HASHED * SM_BUCKETS)
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
         w[:, IN_PRIOR] = 1 << MIX_SHIFT
+        init = 0 if off & OFF_INIT else INPUT_INIT
+        w[:, IN_O1:N_IN] = init
         self.weights = w
         sel5 = N_SEL5 if record else 0  # the 5th mixer and its APM serve record lanes only
         w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4 + sel5, N_IN + 1), np.int64)
         w2[:, IN_PRIOR] = 1 << MIX_SHIFT
+        w2[:, IN_O1:N_IN] = init
         w2[N_SEL2:, IN_MATCH] = MATCH_INIT
         self.weights2 = w2
         wf = np.zeros((256, N_MIX + 1), np.int64)  # the final mixer of the five, per node
@@ -465,6 +488,25 @@ def _bitmap_ctx(n, c1, w1, w2, w3):
     )
     cc = ((cc + 1) * 0x9E3779B97F4A7C15) >> 30
     return ca, cb, cc
+
+
+@_jit
+def _bitmap_wide(n, c1, w1, w2, w3):
+    """The N_WIDE wider bit-level contexts of node n of a bitmap row, hashed (as the third
+    of _bitmap_ctx): 14 pixels to the left with 3 above; 2 to the left with 16 above and
+    9 two rows up; 6 to the left with 9 above, 7 two rows up and 5 three rows up."""
+    d = DEPTH[n]
+    cur = (c1 << d) | (n - (1 << d))
+    pos = 15 - d
+    cd = (cur & 0x3FFF) | (((w1 >> (pos - 1)) & 7) << 14) | (1 << 40)
+    ce = (cur & 3) | (((w1 >> (pos - 8)) & 0xFFFF) << 2) | (((w2 >> (pos - 4)) & 0x1FF) << 18)
+    ce |= 2 << 40
+    cf = (cur & 63) | (((w1 >> (pos - 4)) & 0x1FF) << 6) | (((w2 >> (pos - 3)) & 0x7F) << 15)
+    cf |= (((w3 >> (pos - 2)) & 0x1F) << 22) | (3 << 40)
+    cd = ((cd + 1) * 0x9E3779B97F4A7C15) >> 30
+    ce = ((ce + 1) * 0x9E3779B97F4A7C15) >> 30
+    cf = ((cf + 1) * 0x9E3779B97F4A7C15) >> 30
+    return cd, ce, cf
 
 
 @_jit
@@ -725,6 +767,7 @@ def _node_one(n, b, st):
         pix = ca if (off & OFF_PIXEL) == 0 else -1
     if rec and off & OFF_BITMAP:
         x[IN_BM] = x[IN_BM + 1] = x[IN_BM + 2] = 0
+        x[IN_WIDE] = x[IN_WIDE + 1] = x[IN_WIDE + 2] = 0
     elif rec:
         bmask = bm.shape[0] - BM_OFF[2] - 1
         v = np.int64(bm[ca])
@@ -733,6 +776,15 @@ def _node_one(n, b, st):
         x[IN_BM + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
         v = np.int64(bm[BM_OFF[2] + (cc & bmask)])
         x[IN_BM + 2] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+        x[IN_WIDE] = x[IN_WIDE + 1] = x[IN_WIDE + 2] = 0
+        if (off & OFF_WIDE) == 0:
+            cd, ce, cf = _bitmap_wide(n, c1, lane[b, L_W1], lane[b, L_W2], lane[b, L_W3])
+            v = np.int64(bm[BM_OFF[2] + (cd & bmask)])
+            x[IN_WIDE] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+            v = np.int64(bm[BM_OFF[2] + (ce & bmask)])
+            x[IN_WIDE + 1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
+            v = np.int64(bm[BM_OFF[2] + (cf & bmask)])
+            x[IN_WIDE + 2] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
     if rec and off & OFF_COLPRED:
         x[IN_CP] = x[IN_CP + 1] = 0
     elif rec:
@@ -771,13 +823,15 @@ def _node_one(n, b, st):
     dot = np.int64(0)
     dot2 = np.int64(0)
     dot3 = np.int64(0)
-    if True:
-        for i in range(ni):
-            xi = np.int64(x[i])
-            dot += ws[i] * xi
-            dot2 += ws2[i] * xi
-            dot3 += ws3[i] * xi
-            dot4 += ws4[i] * xi
+    nm = IN_WIDE if rec else ni  # mixers 2, 3 and 4 do without the wide bitmap contexts
+    for i in range(nm):
+        xi = np.int64(x[i])
+        dot += ws[i] * xi
+        dot2 += ws2[i] * xi
+        dot3 += ws3[i] * xi
+        dot4 += ws4[i] * xi
+    for i in range(nm, ni):
+        dot += ws[i] * np.int64(x[i])
     p1 = _sq(dot >> MIX_SHIFT)
     p2 = _sq(dot2 >> MIX_SHIFT)
     p3 = _sq(dot3 >> MIX_SHIFT)
@@ -1000,6 +1054,7 @@ def _update_one(sym, b, st):
     on_path = e >= 0
     rec = 3 if lane[b, L_RLEN] > 0 else 0
     ni = N_IN if rec else N_IN_TEXT
+    nm = IN_WIDE if rec else ni  # the inputs of mixers 2, 3 and 4
     tt = lane[b, L_LEN]
     c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
     c3 = (np.int64(hist[b, tt - 3]) if tt >= 3 else 0) << 16 | c2
@@ -1024,6 +1079,10 @@ def _update_one(sym, b, st):
             bm[cb] = _learn(np.int64(bm[cb]), y, BITMAP_LIMIT)
             cc = BM_OFF[2] + (cc & bmask)
             bm[cc] = _learn(np.int64(bm[cc]), y, BITMAP_LIMIT)
+            if (params[1] & OFF_WIDE) == 0:
+                for cw in _bitmap_wide(n, c1, bw1, bw2, bw3):
+                    cw = BM_OFF[2] + (cw & bmask)
+                    bm[cw] = _learn(np.int64(bm[cw]), y, BITMAP_LIMIT)
             i0 = cb0 + d * 3 + _pred_state(ce0, n, d)
             cpt[0, i0] = _learn(np.int64(cpt[0, i0]), y, COUNTER_LIMIT)
             i0 = cb1 + d * 3 + _pred_state(ce1, n, d)
@@ -1055,7 +1114,7 @@ def _update_one(sym, b, st):
             cnt = ws[N_IN]
             err = (err * LR_DECAY[cnt]) >> 16
             ws[N_IN] = min(cnt + 1, LR_STEPS)
-            for i in range(ni):
+            for i in range(ni if m == 0 or m == 4 else nm):
                 ws[i] += (np.int64(inputs[b, d, i]) * err) >> LR_SHIFT
         wn = wf[n]
         err = (y << 16) - pm
@@ -1141,6 +1200,14 @@ def _update_one(sym, b, st):
         wd = 0
     lane[b, L_WORD] = wd
     lane[b, L_HASH + H_WORD] = (wd + sym + 7) * 0x6A09E667F3BCC909
+    tx = lane[b, L_TEXT]
+    lane[b, L_TEXT] = tx - (tx >> 6) + (64 if BYTE_CLASS[sym] < 3 else 0)
+    if lane[b, L_RLEN] > 0 and lane[b, L_TEXT] < TEXT_BINARY and (params[1] & OFF_SPARSE) == 0:
+        q2 = np.int64(hist[b, nlen - 2]) if nlen >= 2 else 256
+        q3 = np.int64(hist[b, nlen - 3]) if nlen >= 3 else 256
+        q4 = np.int64(hist[b, nlen - 4]) if nlen >= 4 else 256
+        sp = ((q2 << 20) + (q3 << 10) + q4 + 4) * 0x5DEECE66D1234567
+        lane[b, L_HASH + H_WORD] = sp ^ ((sp >> 29) & 0x7FFFFFFFF)
     # record contexts: the bytes one and two records above, and the byte above with the
     # previous byte; without a record length, word contexts: the word before the last
     # with the current one (a skip-bigram), and the last three words (a trigram)
@@ -1280,14 +1347,40 @@ def mix_chunk(models: LaneModels, counts: np.ndarray, symbols: np.ndarray, activ
 # A segment can be coded by the stage alone: one lane, a flat prior (every byte
 # COUNT_TOTAL / 256) and a binary arithmetic coder compiled with it, so each byte is one
 # compiled loop (no model, no Python call per decision). The stream: the record length
-# (u32, little-endian), then the coder's bytes. The coder keeps a 32-bit interval
+# (a varint, record_head), then the coder's bytes. The coder keeps a 32-bit interval
 # [x1, x2]; a decision with p(bit = 1) = p / 65536 splits it at
 # xmid = x1 + (r >> 16) * p + ((r & 0xFFFF) * p >> 16), r = x2 - x1: bit 1 keeps
 # [x1, xmid], bit 0 [xmid + 1, x2]; while x1 and x2 share their top byte it is written
 # and both shift left by 8 (x2 filling with ones). The encoder ends with x1's top byte;
 # the decoder reads 0xFF beyond the end of the stream.
 FLAT_COUNT = COUNT_TOTAL // 256
-STAGE_HEAD = 4  # bytes of a stage stream's record length
+
+
+def record_head(record: int) -> bytes:
+    """The head of a model or stage stream: the record length 0..RECORD_LIMIT as an
+    unsigned LEB128 varint (1 to 3 bytes; version 9 wrote 4 bytes, a u32)."""
+    out = bytearray()
+    while record > 0x7F:
+        out.append(record & 0x7F | 0x80)
+        record >>= 7
+    out.append(record)
+    return bytes(out)
+
+
+def read_record_head(stream: bytes) -> tuple[int, int]:
+    """(record length, bytes of the head) of a stream that starts with record_head and
+    has at least one code byte after it. Raises ValueError otherwise, or where the varint
+    is not the shortest or the length is above RECORD_LIMIT."""
+    record = 0
+    for i in range(3):
+        if i >= len(stream) - 1:
+            break
+        record |= (stream[i] & 0x7F) << (7 * i)
+        if not stream[i] & 0x80:
+            if (i and stream[i] == 0) or record > RECORD_LIMIT:
+                break
+            return record, i + 1
+    raise ValueError("no valid record length")
 
 
 @_inline
@@ -1333,15 +1426,15 @@ def _decode_bit(x1, x2, x, pos, p, stream):
 
 
 @_jit
-def _encode_lane(data, out, checks, limits, st):
+def _encode_lane(data, out, checks, limits, st, k0):
     """Code data (n,) uint8 as lane 0 of the fresh state st into out (at least 2n + 16
-    bytes, after STAGE_HEAD bytes); returns (the stream length (head included), -1), or,
-    as soon as the output reaches limits[j] bytes at position checks[j] (increasing),
+    bytes, after a head of k0 bytes); returns (the stream length (head included), -1),
+    or, as soon as the output reaches limits[j] bytes at position checks[j] (increasing),
     (the output's length then, j)."""
     counts = np.full(256, FLAT_COUNT, np.int64)
     x1 = np.int64(0)
     x2 = np.int64(0xFFFFFFFF)
-    k = STAGE_HEAD
+    k = k0
     j = 0
     for t in range(data.shape[0]):
         if j < checks.shape[0] and t == checks[j]:
@@ -1471,29 +1564,31 @@ def encode_stage(
     n = len(data)
     record = choose_record([data]) if n else 0
     models = LaneModels(1, n, record)
+    head = record_head(record)
     out = np.zeros(2 * n + 16, np.uint8)
     checks = np.array([p for p, _ in limits], np.int64)
     caps = np.array([c for _, c in limits], np.int64)
-    k, j = _encode_lane(np.frombuffer(data, np.uint8), out, checks, caps, models.arrays())
+    k, j = _encode_lane(
+        np.frombuffer(data, np.uint8), out, checks, caps, models.arrays(), len(head)
+    )
     if j >= 0:
         if gave_up is not None:
             gave_up.append((limits[j][0], k))
         return None
-    return record.to_bytes(STAGE_HEAD, "little") + out[STAGE_HEAD:k].tobytes()
+    return head + out[len(head) : k].tobytes()
 
 
 def decode_stage(stream: bytes, length: int) -> bytes:
     """The `length` bytes coded in the stage stream `stream`. Raises ValueError for a
     stream no encoder wrote where that shows (no head, record length out of range); any
     other damage decodes to wrong bytes, which the container's CRC catches."""
-    if len(stream) < STAGE_HEAD:
-        raise ValueError("corrupt stage stream: no record length")
-    record = int.from_bytes(stream[:STAGE_HEAD], "little")
-    if record > RECORD_LIMIT:
-        raise ValueError("corrupt stage stream: record length out of range")
+    try:
+        record, k = read_record_head(stream)
+    except ValueError:
+        raise ValueError("corrupt stage stream: no valid record length") from None
     models = LaneModels(1, length, record)
     out = np.zeros(length, np.uint8)
-    _decode_lane(np.frombuffer(stream, np.uint8)[STAGE_HEAD:], out, models.arrays())
+    _decode_lane(np.frombuffer(stream, np.uint8)[k:], out, models.arrays())
     return out.tobytes()
 
 

@@ -149,8 +149,8 @@ class BlockTables:
     """The tables that code one block of `segments` (its lanes), in order.
 
     With the adaptive stage, the block's record length is chosen from all its bytes
-    (adaptive.choose_record) and `head` holds it as the stream's first 4 bytes
-    (little-endian); without it, `head` is empty. Iterating yields Chunk after Chunk
+    (adaptive.choose_record) and `head` holds it as the stream's first bytes
+    (adaptive.record_head); without it, `head` is empty. Iterating yields Chunk after Chunk
     (numpy arrays), each position's final table computed exactly as the decoder will, and
     adds up the code lengths: after a full iteration, `prior_bits` and `final_bits`
     (B,) float64 hold each segment's bits under the integer model alone and under the
@@ -171,7 +171,7 @@ class BlockTables:
         self.threads = threads
         self.lanes, self.lengths = lanes_array(segments, int_model.config.patch_size)
         self.record = adaptive_stage.choose_record(segments) if adaptive else 0
-        self.head = self.record.to_bytes(4, "little") if adaptive else b""
+        self.head = adaptive_stage.record_head(self.record) if adaptive else b""
         self.prior_bits = np.zeros(len(segments), dtype=np.float64)
         self.final_bits = np.zeros(len(segments), dtype=np.float64)
 
@@ -349,12 +349,11 @@ def decode_block(
     P = int_model.config.patch_size
     record = 0
     if adaptive:  # the block's record length, then the arithmetic code of the decisions
-        if len(stream) < 5:
-            raise CorruptStream("corrupt model stream: no record length")
-        record = int.from_bytes(stream[:4], "little")
-        if record > adaptive_stage.RECORD_LIMIT:
-            raise CorruptStream("corrupt model stream: record length out of range")
-        dec = adaptive_stage.PathDecoder(stream[4:])
+        try:
+            record, k = adaptive_stage.read_record_head(stream)
+        except ValueError:
+            raise CorruptStream("corrupt model stream: no valid record length") from None
+        dec = adaptive_stage.PathDecoder(stream[k:])
     else:
         if len(stream) % 4:
             raise CorruptStream("corrupt model stream: length is not a multiple of 4")

@@ -43,8 +43,11 @@ from typing import BinaryIO
 import zstandard
 
 MAGIC = b"\x89MGZ"
-VERSION = 3
-READ_VERSIONS = (2, 3)  # format 3 adds stage segments (method 3, flag STAGE) to format 2
+VERSION = 4
+# format 3 added stage segments (method 3, flag STAGE) to format 2; format 4 names the
+# model by 8 bytes of its hash instead of 32 and codes the segment table as runs
+READ_VERSIONS = (2, 3, 4)
+MODEL_ID_BYTES = 8  # bytes of the model's SHA-256 a format-4 frame names it by (32 before)
 # older format versions -> the megazip release that reads them (formats may change
 # before 1.0: such files are refused with this name)
 OLD_FORMATS = {1: "megazip 0.1.0"}
@@ -70,7 +73,15 @@ STATE_PER_LANE = 35_000
 STATE_SHARED = 245_000_000
 # Adaptive-stage versions of format-2 files that this release no longer decodes, and the
 # megazip release that does.
-OLD_STAGES = {3: "0.2.0", 4: "0.3.0", 5: "0.4.0", 6: "0.5.0", 7: "0.6.0", 8: "0.7.0"}
+OLD_STAGES = {
+    3: "0.2.0",
+    4: "0.3.0",
+    5: "0.4.0",
+    6: "0.5.0",
+    7: "0.6.0",
+    8: "0.7.0",
+    9: "0.8.0",
+}
 
 # Writer defaults.
 FRAME_SIZE = 8 << 20  # bytes of input per frame (see FORMAT.md, "Frames": costs ~nothing)
@@ -119,7 +130,7 @@ STAGE_HEAD_EARLY = 1250  # the stage-first check's head (below; as much of it as
 # many: kennedy.xls, ptt5, long runs), which saves the model's pass over it.
 STAGE_FIRST_MIN = 1 << 16
 STAGE_FIRST_BITS = 500
-STAGE_MIN_PAYLOAD = 5  # the record length (4 bytes) and at least one coder byte
+STAGE_MIN_PAYLOAD = 2  # the record length (a varint) and at least one coder byte
 # "the model cannot help": every PROBE_WINDOW of the frame loses less than PROBE_GAIN of
 # its size to zstd at PROBE_LEVEL (random or already compressed bytes)
 PROBE_WINDOW = 1 << 16
@@ -160,7 +171,7 @@ class Frame:
     flags: int = 0
     stage: int = STAGE_NONE  # adaptive stage version of the model streams (0: none)
     model_name: str = ""
-    model_hash: bytes = b""  # 32 bytes when the frame has model segments
+    model_hash: bytes = b""  # the model's SHA-256, its first MODEL_ID_BYTES (format 4)
     lanes: int = 1  # G: segments per block
     size: int = 0  # header bytes, both CRCs included
 
@@ -231,10 +242,17 @@ def pack_header(f: Frame) -> bytes:
         if f.flags & FLAG_MODEL:
             name = f.model_name.encode()[:MAX_NAME]
             out += bytes([len(name)]) + name + f.model_hash + varint(f.lanes)
-        for s in f.segments:
-            out.append(s.method)
-            if s.method in (ZSTD, STAGE):
-                out += varint(s.payload)
+        i = 0
+        while i < len(f.segments):  # runs of one method: (run length - 1) << 2 | method
+            method = f.segments[i].method
+            j = i + 1
+            while j < len(f.segments) and f.segments[j].method == method:
+                j += 1
+            out += varint((j - i - 1) << 2 | method)
+            if method in (ZSTD, STAGE):
+                for seg in f.segments[i:j]:
+                    out += varint(seg.payload)
+            i = j
         for b in f.blocks:
             out += varint(b)
         out += struct.pack("<I", f.crc)
@@ -351,28 +369,24 @@ def read_frame(src: _Source, index: int) -> Frame:
                 raise FormatError("corrupt header (stage segments without a stage version)")
         if flags & FLAG_MODEL:
             fr.model_name = src.take(src.byte()).decode(errors="replace")
-            fr.model_hash = src.take(32)
+            fr.model_hash = src.take(MODEL_ID_BYTES if version >= 4 else 32)
             fr.lanes = src.varint(MAX_LANES)
             if fr.lanes == 0:
                 raise FormatError("corrupt header (0 lanes per block)")
-        for i in range(count):
-            seg_len = min(fr.segment_size, length - i * fr.segment_size)
-            method = src.byte()
-            if method == STORED:
-                payload = seg_len
-            elif method == ZSTD:
-                payload = src.varint(seg_len - 1)  # smaller than storing, or not chosen
-                if payload == 0:
-                    raise FormatError("corrupt header (empty zstd payload)")
-            elif method == MODEL and flags & FLAG_MODEL:
-                payload = 0
-            elif method == STAGE and flags & FLAG_STAGE:
-                payload = src.varint(seg_len - 1)  # as zstd: smaller than storing
-                if payload < STAGE_MIN_PAYLOAD or payload * MAX_RATIO < seg_len:
-                    raise FormatError("corrupt header (stage payload size)")
+        previous = -1
+        while len(fr.segments) < count:
+            left = count - len(fr.segments)
+            if version >= 4:  # a run: (its length - 1) << 2 | method, a new method each
+                run = src.varint((left - 1) << 2 | 3)
+                method, n = run & 3, (run >> 2) + 1
+                if method == previous:
+                    raise FormatError("corrupt header (segment table)")
+                previous = method
             else:
-                raise FormatError("corrupt header (segment table)")
-            fr.segments.append(Segment(method, seg_len, payload))
+                method, n = src.byte(), 1
+            for _ in range(n):
+                seg_len = min(fr.segment_size, length - len(fr.segments) * fr.segment_size)
+                fr.segments.append(Segment(method, seg_len, _payload(src, flags, method, seg_len)))
         members = fr.block_members()
         if bool(members) != bool(flags & FLAG_MODEL):
             raise FormatError("corrupt header (model flag without model segments)")
@@ -381,8 +395,8 @@ def read_frame(src: _Source, index: int) -> Frame:
         for group in members:
             lane_bytes = sum(fr.segments[i].length for i in group)
             size = src.varint(lane_bytes)  # a stream is never longer than its lanes
-            code = size - 4 if fr.stage else size  # after the record length: its code
-            bad = code < 1 if fr.stage else size % 4  # (without the stage: 32-bit words)
+            # with the stage: a record length and at least one code byte; without: 32-bit words
+            bad = size < STAGE_MIN_PAYLOAD if fr.stage else size % 4
             if bad or size * MAX_RATIO < lane_bytes:
                 raise FormatError("corrupt header (stream size)")
             fr.blocks.append(size)
@@ -394,6 +408,26 @@ def read_frame(src: _Source, index: int) -> Frame:
         raise FormatError("corrupt header (CRC mismatch)")
     fr.size = len(header) + 4
     return fr
+
+
+def _payload(src: _Source, flags: int, method: int, seg_len: int) -> int:
+    """The body bytes of a segment of `method` and `seg_len` bytes (for zstd and stage
+    segments, read from the segment table). Raises FormatError."""
+    if method == STORED:
+        return seg_len
+    if method == ZSTD:
+        payload = src.varint(seg_len - 1)  # smaller than storing, or not chosen
+        if payload == 0:
+            raise FormatError("corrupt header (empty zstd payload)")
+        return payload
+    if method == MODEL and flags & FLAG_MODEL:
+        return 0
+    if method == STAGE and flags & FLAG_STAGE:
+        payload = src.varint(seg_len - 1)  # as zstd: smaller than storing
+        if payload < STAGE_MIN_PAYLOAD or payload * MAX_RATIO < seg_len:
+            raise FormatError("corrupt header (stage payload size)")
+        return payload
+    raise FormatError("corrupt header (segment table)")
 
 
 def frame_memory(length: int, lanes: int, config, kv_bytes: int = 4) -> int:
@@ -709,7 +743,7 @@ class _Writer:
             fr.flags |= FLAG_MODEL
             fr.stage = ADAPTIVE_VERSION if adaptive else STAGE_NONE
             fr.model_name = self.name
-            fr.model_hash = bytes.fromhex(int_model.content_hash())
+            fr.model_hash = bytes.fromhex(int_model.content_hash())[:MODEL_ID_BYTES]
             fr.lanes = lanes
         # the frames compared whole, headers included (a model frame names its model)
         zstd_frame = _zstd_frame(index, data, crc, flags, whole)
@@ -1076,7 +1110,7 @@ def _model_for(fr: Frame, model, device, models):
             ) from None
     int_model = models[key]
     have = int_model.content_hash()
-    if bytes.fromhex(have) != fr.model_hash:
+    if bytes.fromhex(have)[: len(fr.model_hash)] != fr.model_hash:
         raise ModelMismatch(
             f"this file needs model {fr.model_name!r} with hash {fr.model_hash.hex()[:16]}, "
             f"but the model given has hash {have[:16]}"

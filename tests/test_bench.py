@@ -168,9 +168,12 @@ def test_megazip_row_is_a_real_round_trip(report, corpus, model_dir):
     assert report["model"] == {
         "name": model_dir.name,
         "source": str(model_dir),
-        "hash": h.model_frames[0].model_hash.hex(),
+        "hash": report["model"]["hash"],
         "device": "cpu",
     }
+    # the model's whole SHA-256, which the frame names by its first 8 bytes
+    assert report["model"]["hash"][:16] == h.model_frames[0].model_hash.hex()
+    assert len(report["model"]["hash"]) == 64
 
 
 def test_json_schema_is_stable(report):

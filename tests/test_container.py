@@ -109,16 +109,22 @@ def parse_frame(blob: bytes, at: int = 0) -> dict:
             h["stage"] = r.u8()
         if h["flags"] & 2:
             h["name"] = r.take(r.u8()).decode()
-            h["model_hash"] = r.take(32)
+            h["model_hash"] = r.take(8 if h["version"] >= 4 else 32)
             h["lanes"] = r.varint()
         seg = h["segment_size"]
-        for i in range(-(-h["length"] // seg)):
-            length = min(seg, h["length"] - i * seg)
-            method = r.u8()
-            payload = {STORED: length, ZSTD: None, MODEL: 0, STAGE: None}[method]
-            if method in (ZSTD, STAGE):
-                payload = r.varint()
-            h["segments"].append((method, payload, length))
+        count = -(-h["length"] // seg)
+        while len(h["segments"]) < count:
+            if h["version"] >= 4:  # runs: (n - 1) << 2 | method
+                run = r.varint()
+                method, n = run & 3, (run >> 2) + 1
+            else:
+                method, n = r.u8(), 1
+            for _ in range(n):
+                length = min(seg, h["length"] - len(h["segments"]) * seg)
+                payload = {STORED: length, ZSTD: None, MODEL: 0, STAGE: None}[method]
+                if method in (ZSTD, STAGE):
+                    payload = r.varint()
+                h["segments"].append((method, payload, length))
         h["blocks"] = [r.varint() for _ in expected_blocks(h["segments"], h["lanes"])]
         h["crc"] = r.u32()
     end = r.pos
@@ -158,8 +164,21 @@ def pack(h: dict) -> bytes:
         if h["flags"] & 2:
             name = h["name"].encode()
             out += bytes([len(name)]) + name + h["model_hash"] + leb128(h["lanes"])
-        for method, payload, _ in h["segments"]:
-            out += bytes([method]) + (leb128(payload) if method in (ZSTD, STAGE) else b"")
+        runs = h.get("runs")  # given (format 4), else maximal runs, or one per segment
+        if runs is None:
+            runs = []
+            for sg in h["segments"]:
+                if h["version"] >= 4 and runs and runs[-1][0][0] == sg[0]:
+                    runs[-1].append(sg)
+                else:
+                    runs.append([sg])
+        for run in runs:
+            method = run[0][0]
+            if h["version"] >= 4:
+                out += leb128((len(run) - 1) << 2 | method)
+            for _, payload, _ in run:
+                out += b"" if h["version"] >= 4 else bytes([method])
+                out += leb128(payload) if method in (ZSTD, STAGE) else b""
         out += b"".join(leb128(b) for b in h["blocks"]) + struct.pack("<I", h["crc"])
     return out + struct.pack("<I", zlib.crc32(out))
 
@@ -225,7 +244,7 @@ def arithmetic_code(bits, probs) -> bytes:
 
 def documented_adaptive_stream(int_model, pieces: list[bytes]) -> bytes:
     """One block's stream with the adaptive stage, encoded as FORMAT.md says: the block's
-    record length (u32, adaptive.choose_record of its lanes), then the arithmetic code of
+    record length (a varint, adaptive.choose_record of its lanes), then the arithmetic code of
     every decision: at position t, depth by depth, bit d of every lane longer than t in
     lane order, with the stage's probabilities over the model's tables (mix_chunk, the
     lanes zero-padded to whole patches)."""
@@ -246,11 +265,11 @@ def documented_adaptive_stream(int_model, pieces: list[bytes]) -> bytes:
                 if len(p) > t:
                     bits.append((p[t] >> (7 - d)) & 1)
                     ps.append(int(probs[i, t, d]))
-    return struct.pack("<I", record) + arithmetic_code(bits, ps)
+    return leb128(record) + arithmetic_code(bits, ps)
 
 
 def documented_stage_stream(piece: bytes) -> bytes:
-    """A stage segment's payload as FORMAT.md says: the record length (u32), then the
+    """A stage segment's payload as FORMAT.md says: the record length (a varint), then the
     arithmetic code of the byte's decisions (most significant first) under the adaptive
     stage's probabilities for one lane with a flat prior (adaptive.mix_chunk)."""
     record = adaptive.choose_record([piece])
@@ -260,7 +279,7 @@ def documented_stage_stream(piece: bytes) -> bytes:
         adaptive.LaneModels(1, len(piece), record), counts, sym, np.ones(sym.shape, bool)
     )[0]
     bits = ((sym[0][:, None] >> np.arange(7, -1, -1)) & 1).ravel()
-    return struct.pack("<I", record) + arithmetic_code(bits.tolist(), probs.ravel().tolist())
+    return leb128(record) + arithmetic_code(bits.tolist(), probs.ravel().tolist())
 
 
 def check_layout(blob: bytes, data: bytes, int_model) -> dict:
@@ -271,7 +290,7 @@ def check_layout(blob: bytes, data: bytes, int_model) -> dict:
     assert len(info.frames) == len(frames) and info.size == len(blob)
     at_data = 0
     for k, (h, r) in enumerate(zip(frames, info.frames, strict=True)):
-        assert h["version"] == container.VERSION == 3
+        assert h["version"] == container.VERSION == 4
         assert h["flags"] & ~KNOWN_FLAGS == 0, "unknown flag bits written"
         assert h["index"] == k and bool(h["flags"] & 1) == (k == len(frames) - 1)
         assert h["header_size"] == r.size
@@ -289,7 +308,7 @@ def check_layout(blob: bytes, data: bytes, int_model) -> dict:
             assert h["stage"] == r.stage == adaptive.ADAPTIVE_VERSION
         if has_model:
             assert h["name"] == r.model_name and h["model_hash"] == r.model_hash
-            assert h["model_hash"] == bytes.fromhex(int_model.content_hash())
+            assert h["model_hash"] == bytes.fromhex(int_model.content_hash())[:8]
             assert h["stage"] in (0, adaptive.ADAPTIVE_VERSION) and 0 < h["lanes"] <= MAX_LANES
         if not frame:
             assert h["segments"] == [] and len(frames) == 1
@@ -739,7 +758,7 @@ def test_wrong_magic_is_refused(mixed_blob, trained):
         container.scan(zstd19(b"not a megazip file"))
 
 
-@pytest.mark.parametrize("version", [0, 1, 4, 255])
+@pytest.mark.parametrize("version", [0, 1, 5, 255])
 def test_unknown_version_is_refused(mixed_blob, trained, version):
     _, blob = mixed_blob
     bad = bytearray(blob)
@@ -863,7 +882,7 @@ def test_the_stage_gives_up_where_it_is_behind():
     assert adaptive.decode_stage(whole, len(data)) == data
     assert adaptive.encode_stage(data, ((10_000, 10),)) is None
     assert adaptive.encode_stage(data, ((10_000, len(whole)), (15_000, len(whole)))) == whole
-    assert adaptive.encode_stage(b"") == bytes(4) + b"\x00"
+    assert adaptive.encode_stage(b"") == b"\x00\x00"  # record 0, the final byte
     assert adaptive.decode_stage(bytes(5), 0) == b""
 
 
@@ -897,9 +916,11 @@ def test_damaged_stage_segments_are_format_errors(trained):
         bad[at + pos] ^= 0x40
         with pytest.raises(FormatError):
             container.decompress(bytes(bad), trained)
-    with pytest.raises(FormatError, match="record length"):
-        body = b"\xff\xff\xff\x00" + blob[at + 4 :]
-        container.decompress(reframe(blob, body=body), trained)
+    # a varint past 3 bytes, one that is not the shortest, a record length above 65535
+    for head in (b"\xff\xff\xff\x00", b"\x80\x00", b"\x8c\x80\x00", b"\xff\xff\x7f"):
+        with pytest.raises(FormatError, match="record length"):
+            body = head + blob[at + len(head) :]
+            container.decompress(reframe(blob, body=body), trained)
     (method, payload, length) = h["segments"][0]
     # too short, too long, too short for its length (more than 256 bytes per payload byte)
     for forged in (
@@ -915,9 +936,17 @@ def test_damaged_stage_segments_are_format_errors(trained):
         container.decompress(reframe(blob, stage=0), trained)
 
 
-def test_format_2_files_still_decode_and_never_hold_stage_segments(mixed_blob, trained):
+def test_format_2_and_3_files_still_decode_and_format_2_never_holds_stage_segments(
+    mixed_blob, trained
+):
+    """Formats 2 and 3 name the model by its whole SHA-256 and write one segment table
+    entry per segment; a reader of format 4 still reads them."""
     data, blob = mixed_blob
-    assert container.decompress(reframe(blob, version=2), trained) == data
+    full = bytes.fromhex(trained.content_hash())
+    for version in (2, 3):
+        old = reframe(blob, version=version, model_hash=full)
+        assert len(old) == len(blob) + 24 + len(parse(blob)["segments"]) - 3
+        assert container.decompress(old, trained) == data
     staged = container.compress(binary_table(20_000), trained)
     with pytest.raises(FormatError, match="flags"):
         container.decompress(reframe(staged, version=2), trained)
@@ -954,6 +983,8 @@ def test_header_validation_rules(mixed_blob, trained):
         dict(segments=[*segs[:-1], (ZSTD, 0, 100)]),  # an empty zstd payload
         dict(segments=[*segs[:-1], (ZSTD, 100, 100)]),  # zstd no smaller than storing
         dict(segments=[(STORED, 100, 100)] * 3 + segs[3:]),  # MODEL flag, no model segment
+        dict(runs=[segs[:1], segs[1:3], segs[3:4], segs[4:]]),  # a method twice in a row
+        dict(runs=[segs[:3], segs[3:4], segs[4:] * 2]),  # a run past the last segment
         dict(blocks=[]),  # block table does not match the model segments
         dict(blocks=[h["blocks"][0] + 4]),  # body shorter than declared
         dict(blocks=[h["blocks"][0] + 1]),  # not whole 32-bit words
