@@ -48,8 +48,9 @@ rate 1 / (n + 1.5)):
   distances was dropped, as it only ever cost text files, up to 0.4 %);
 
 mixed in the logistic ("stretch") domain by four single-layer networks with integer
-weights learned online (each input's weight starting at 1/8, the prior's at 1: version
-10, -0.1 % on texts, -1 % on files of a few KB), one with weight sets selected by
+weights learned online (each input's weight starting at 1/8, the prior's at 5/8 and
+order 1's at 1/32: version 10, -0.2 % on texts, -1 % on files of a few KB), one with
+weight sets selected by
 (node, match state, record),
 the second by (confirmed orders, depth, match state, record, class of the last byte or
 which column predictions held), the third by (last byte, depth), the fourth by (byte
@@ -146,7 +147,9 @@ N_MIX = 5
 N_SEL5 = 4096 * 8  # the fifth's (record lanes): (pixel context, depth), after the fourth's
 MATCH_INIT = 1 << 16  # mixers 3, 4 and 5: the initial weight of the match input
 INPUT_INIT = 1 << 13  # every mixer: the initial weight of the inputs after the prior (version
-# 10; 0 before: -0.1 % on texts, -1 % on files of a few KB, whose weights never settle)
+# 10; 0 before: -0.1 % on texts, -1 % on files of a few KB, whose weights never settle) but
+PRIOR_INIT = 40960  # ... the prior's, 5/8 (1 before) and
+O1_INIT = 2048  # ... order 1's, 1/32 (about what they settle to on texts: -0.08 % more)
 RUN_BITS_EXTRA = 2  # the run model's slots: 4 per bucket of a hashed context kind
 RUN_MAX = 15  # run lengths the run model's confidence tells apart
 WAYS = 4  # a context's bucket may sit in any of 4 neighbouring places (set-associative)
@@ -196,7 +199,7 @@ OFF_WORDS = 2048  # text lanes' skip-bigram and trigram word contexts
 OFF_RECOVER = 4096  # the match model's recovery (a match ends at its first wrong byte)
 OFF_APM34 = 8192  # text lanes' order-3 and order-4 APMs (version 8's final average)
 OFF_SPARSE = 16384  # binary record lanes' sparse context (the word context instead)
-OFF_INIT = 32768  # mixer weights of the inputs after the prior start at 0, not INPUT_INIT
+OFF_INIT = 32768  # mixer weights start as in version 9 (prior 1, the others 0)
 OFF_WIDE = 65536  # record lanes' wide bitmap contexts
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
@@ -371,14 +374,14 @@ class LaneModels:
         self.mconf[:, 0] = 49152
         self.smap = np.tile(_knots(SM_INIT), N_HASHED * SM_BUCKETS)
         w = np.zeros((256 * N_MSTATE, N_IN + 1), np.int64)  # weights, update count
-        w[:, IN_PRIOR] = 1 << MIX_SHIFT
         init = 0 if off & OFF_INIT else INPUT_INIT
-        w[:, IN_O1:N_IN] = init
+        w[:, IN_PRIOR] = 1 << MIX_SHIFT if off & OFF_INIT else PRIOR_INIT
+        w[:, IN_O1] = 0 if off & OFF_INIT else O1_INIT
+        w[:, IN_O1 + 1 : N_IN] = init
         self.weights = w
         sel5 = N_SEL5 if record else 0  # the 5th mixer and its APM serve record lanes only
         w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4 + sel5, N_IN + 1), np.int64)
-        w2[:, IN_PRIOR] = 1 << MIX_SHIFT
-        w2[:, IN_O1:N_IN] = init
+        w2[:, IN_PRIOR:N_IN] = w[0, IN_PRIOR:N_IN]
         w2[N_SEL2:, IN_MATCH] = MATCH_INIT
         self.weights2 = w2
         wf = np.zeros((256, N_MIX + 1), np.int64)  # the final mixer of the five, per node
