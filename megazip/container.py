@@ -70,7 +70,7 @@ MAX_NAME = 255
 # What decoding one model block allocates beyond its bytes (FORMAT.md, "Limits"): the
 # adaptive stage's state per lane and its shared tables (at their caps).
 STATE_PER_LANE = 35_000
-STATE_SHARED = 245_000_000
+STATE_SHARED = 280_000_000
 # Adaptive-stage versions of format-2 files that this release no longer decodes, and the
 # megazip release that does.
 OLD_STAGES = {
@@ -724,6 +724,8 @@ class _Writer:
             for i, b in zip(members, bits, strict=True):
                 cost[i] = b / 8 + STREAM_OVERHEAD
             lane_bytes = sum(len(pieces[i]) for i in members)
+            if adaptive:
+                stream = pad_to_ratio(stream, lane_bytes)
             if not lane_bytes <= len(stream) * MAX_RATIO or len(stream) > lane_bytes:
                 members = []  # outside what a reader accepts (FORMAT.md, "Limits")
             if members:
@@ -808,6 +810,7 @@ class _Writer:
             return None
         segments, payloads = [], []
         for piece, stream in zip(pieces, streams, strict=True):
+            stream = pad_to_ratio(stream, len(piece))
             if len(stream) < len(piece) and len(stream) * MAX_RATIO >= len(piece):
                 segments.append(Segment(STAGE, len(piece), len(stream)))
                 payloads.append(stream)
@@ -828,6 +831,15 @@ class _Writer:
             len(p) for p, s in zip(payloads, segments, strict=True) if s.method == STAGE
         )
         return fr, payloads, []
+
+
+def pad_to_ratio(stream: bytes, n: int) -> bytes:
+    """A binary arithmetic code `stream` (a stage segment's payload, a model block's stream
+    with the adaptive stage) of `n` bytes, padded with FF bytes to the ⌈n / MAX_RATIO⌉
+    bytes a reader requires. The decoder reads FF beyond the end of a code anyway, so the
+    padded stream decodes to the same bytes: data that codes to almost nothing (a long
+    run, a regular table) costs 1/256 of its length instead of falling back to zstd."""
+    return stream + b"\xff" * max(0, -(-n // MAX_RATIO) - len(stream))
 
 
 def frame_bytes(fr: Frame, payloads: list[bytes], streams: list[bytes]) -> int:

@@ -295,7 +295,10 @@ def test_forgetting_counters_gain_on_records_whose_fields_change_regime():
     """Records in which a field's value follows the one before it through a table that
     changes every 400 records (and 1 in 4 values is noise, so no run lasts): a record
     lane's hashed counters that were confidently wrong forget their count and follow the
-    new table fast (0.45 % here)."""
+    new table fast (0.4 % here; with version 10's stage on kennedy.xls 1.3 %, on an
+    executable and a CSV table 0.4-0.6 %). The records end in 4 zero bytes: with a record
+    counter there (as before version 10), the order-5 contexts see a new context every 256
+    records and adapt as fast on their own."""
     rng = np.random.default_rng(17)
     out = []
     for i in range(6000):
@@ -303,7 +306,7 @@ def test_forgetting_counters_gain_on_records_whose_fields_change_regime():
             table = rng.integers(0, 256, 4)
         a = int(rng.integers(0, 4))
         v = int(table[a]) if rng.random() < 0.75 else int(rng.integers(0, 256))
-        tail = (i & 0xFFFF).to_bytes(2, "little") + bytes(2)
+        tail = bytes(4)
         out.append(bytes([3, a + 1, v, int(rng.integers(0, 256))]) + tail)
     data = b"".join(out)
     assert stage_bits(data, 8) < 0.997 * stage_bits(data, 8, adaptive.OFF_FORGET)
@@ -354,7 +357,9 @@ def test_order_2_apm_gains_on_order_2_text():
 def test_word_bigram_gains_on_text_of_word_pairs():
     """Text whose next word depends on the previous word (a fixed successor), words
     separated by varying punctuation, so only the word contexts see the pair: the bigram,
-    and the trigram (which holds the previous word too), so it is measured without that."""
+    and the trigram (which holds the previous word too), so it is measured without that
+    (0.9 % here: since version 10 the order-12 context also spans a short word and its
+    separator; on long texts the bigram still saves 0.4-0.5 %)."""
     words = [b"alpha", b"bravo", b"charlie", b"delta", b"echo", b"foxtrot", b"golf", b"hotel"]
     nxt = [3, 5, 0, 7, 1, 6, 2, 4]
     rng = np.random.default_rng(14)
@@ -364,7 +369,7 @@ def test_word_bigram_gains_on_text_of_word_pairs():
         out.append(words[w] + [b" ", b", ", b"; ", b" - "][rng.integers(0, 4)])
     data = b"".join(out)
     with_ = stage_bits(data, 0, adaptive.OFF_WORDS)
-    assert with_ < 0.99 * stage_bits(data, 0, adaptive.OFF_WORDS | adaptive.OFF_BIGRAM)
+    assert with_ < 0.995 * stage_bits(data, 0, adaptive.OFF_WORDS | adaptive.OFF_BIGRAM)
 
 
 def test_word_trigram_contexts_gain_on_text_of_word_triples():
