@@ -47,21 +47,21 @@ rate 1 / (n + 1.5)):
   lane has one: version 5's detector of a lane's own record length from recurring byte
   distances was dropped, as it only ever cost text files, up to 0.4 %);
 
-mixed in the logistic ("stretch") domain by four single-layer networks with integer
+mixed in the logistic ("stretch") domain by five single-layer networks with integer
 weights learned online (each input's weight starting at 1/8, the prior's at 5/8 and
 order 1's at 1/32: version 10, -0.2 % on texts, -1 % on files of a few KB), one with
-weight sets selected by
-(node, match state, record),
-the second by (confirmed orders, depth, match state, record, class of the last byte or
-which column predictions held), the third by (last byte, depth), the fourth by (byte
-before the last, depth), and with a record length a fifth by (the node's 12-bit pixel
-context: the bits to its left, above and two rows up; depth) (version 8: kennedy.xls
--2 %), combined by a final mixer per node; then refined by adaptive probability maps
-(APM/SSE) selected by (node, match state: whether the match predicts this node, its
-length bucket and expected bit), by (node, previous byte), by a hash of (node, previous
-two bytes) and, with a record length, by (node, byte above) and by (pixel context,
-depth), without one by hashes of (node, previous three bytes) and (node, previous four
-bytes) (version 9: -0.1 to -0.2 % on texts).
+weight sets selected by (node, match state, record), the second by (confirmed orders,
+depth, match state, record, class of the last byte or which column predictions held),
+the third by (last byte, depth), the fourth by (byte before the last, depth), and with a
+record length a fifth by (the node's 12-bit pixel context: the bits to its left, above
+and two rows up; depth) (version 8: kennedy.xls -2 %), without one by (a 12-bit hash of
+the current word and the last byte; depth) (version 10: -0.2 % on texts), combined by a
+final mixer per node; then refined by adaptive probability maps (APM/SSE) selected by
+(node, match state: whether the match predicts this node, its length bucket and expected
+bit), by (node, previous byte), by a hash of (node, previous two bytes) and, with a
+record length, by (node, byte above) and by (pixel context, depth), without one by
+hashes of (node, previous three bytes) and (node, previous four bytes) (version 9: -0.1
+to -0.2 % on texts).
 The result, p(bit = 1) in 1/65536 (1..65535), codes the decision; only the 8 nodes of
 the byte's path are ever computed (version 5 computed all 255 to give the coder a table
 of 256 counts, most of them for bytes that did not come). A node reached with less than
@@ -145,7 +145,9 @@ N_SEL2 = (len(ORDERS) + 1) * 8 * 3 * 2 * 4
 N_SEL3 = 256 * 8  # the third mixer's weight sets (last byte, depth), after the second's in w2
 N_SEL4 = 256 * 8  # the fourth's: (byte t - 2, depth), after the third's
 N_MIX = 5
-N_SEL5 = 4096 * 8  # the fifth's (record lanes): (pixel context, depth), after the fourth's
+N_SEL5 = (
+    4096 * 8
+)  # the fifth's: (pixel context or, in text lanes, word hash, depth), after the fourth's
 MATCH_INIT = 1 << 16  # mixers 3, 4 and 5: the initial weight of the match input
 INPUT_INIT = 1 << 13  # every mixer: the initial weight of the inputs after the prior (version
 # 10; 0 before: -0.1 % on texts, -1 % on files of a few KB, whose weights never settle) but
@@ -202,6 +204,7 @@ OFF_APM34 = 8192  # text lanes' order-3 and order-4 APMs (version 8's final aver
 OFF_SPARSE = 16384  # binary record lanes' sparse context (the word context instead)
 OFF_INIT = 32768  # mixer weights start as in version 9 (prior 1, the others 0)
 OFF_WIDE = 65536  # record lanes' wide bitmap contexts
+OFF_WORDMIX = 131072  # text lanes' 5th mixer, selected by the current word
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
 # sees the mean of the counter's and the map's stretch
@@ -380,8 +383,7 @@ class LaneModels:
         w[:, IN_O1] = 0 if off & OFF_INIT else O1_INIT
         w[:, IN_O1 + 1 : N_IN] = init
         self.weights = w
-        sel5 = N_SEL5 if record else 0  # the 5th mixer and its APM serve record lanes only
-        w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4 + sel5, N_IN + 1), np.int64)
+        w2 = np.zeros((N_SEL2 + N_SEL3 + N_SEL4 + N_SEL5, N_IN + 1), np.int64)
         w2[:, IN_PRIOR:N_IN] = w[0, IN_PRIOR:N_IN]
         w2[N_SEL2:, IN_MATCH] = MATCH_INIT
         self.weights2 = w2
@@ -394,7 +396,7 @@ class LaneModels:
         self.apm2 = np.tile(knots, (256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256 if record else 0, 1))  # record lanes only
         self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
-        self.apm5 = np.tile(knots, (sel5, 1))
+        self.apm5 = np.tile(knots, (N_SEL5 if record else 0, 1))  # record lanes only
         # the order-3 and order-4 APMs (rows 0.., 2^APM4_BITS..): text lanes only
         self.apm6 = np.tile(knots, (0 if record else 2 << APM4_BITS, 1))
         # block parameters: [0] the record length signalled for the block (0: none);
@@ -765,10 +767,14 @@ def _node_one(n, b, st):
         smi[b, d, k] = -1
         if base >= 0:
             x[IN_H0 + k] = _inp(smap, smi, off, b, d, k, np.int64(ctab[k, base + j]))
-    pix = -1  # record lanes: the node's 12-bit pixel context (the 5th mixer and APM)
+    # the 5th mixer's selector (12 bits): in a record lane the node's pixel context (it also
+    # keys an APM), in a text lane a hash of the current word and the last byte (version 10)
+    pix = -1
     if rec:
         ca, cb, cc = _bitmap_ctx(n, c1, lane[b, L_W1], lane[b, L_W2], lane[b, L_W3])
         pix = ca if (off & OFF_PIXEL) == 0 else -1
+    elif (off & OFF_WORDMIX) == 0:
+        pix = ((lane[b, L_WORD] + c1 * 0x1000193) * 0x9E3779B97F4A7C15 >> 52) & 4095
     if rec and off & OFF_BITMAP:
         x[IN_BM] = x[IN_BM + 1] = x[IN_BM + 2] = 0
         x[IN_WIDE] = x[IN_WIDE + 1] = x[IN_WIDE + 2] = 0
@@ -889,14 +895,14 @@ def _node_one(n, b, st):
             APM_SHIFT + 4
         )
     q5 = 0
-    if pix >= 0:
+    if rec and pix >= 0:
         r = pix * 8 + d
         q5 = ((a5[r, k1] >> KNOT_SHIFT) * g1 + (a5[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (
             APM_SHIFT + 4
         )
     if off & OFF_APM2:  # version 3's APMs
         p = (pm + q1 + q2 + q3) >> 2 if rec else (2 * pm + q1 + q2) >> 2
-    elif pix >= 0:
+    elif rec and pix >= 0:
         p = (pm + q1 + q2 + q3 + q4 + q5 + 3) // 6
     elif rec:
         p = (pm + q1 + q2 + q3 + q4 + 2) // 5
@@ -1111,7 +1117,7 @@ def _update_one(sym, b, st):
         # the four mixers, each toward the bit from its own output, then the final one
         two = (params[1] & OFF_MIXER2) == 0
         for m in range(N_MIX if two else 1):
-            if m == 4 and (not rec or params[1] & OFF_PIXEL):  # no pixel context, no 5th mixer
+            if m == 4 and params[1] & (OFF_PIXEL if rec else OFF_WORDMIX):  # no 5th mixer
                 continue
             ws = w[wsel[b, 0, d]] if m == 0 else w2[wsel[b, m, d]]
             err = (y << 16) - np.int64(psub[b, m, d])
