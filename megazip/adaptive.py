@@ -1114,7 +1114,7 @@ def _update_one(sym, b, st):
             r = np.int64(smi[b, d, k])
             if r >= 0:
                 smap[r] = _learn_sm(smap[r], y)
-        # the four mixers, each toward the bit from its own output, then the final one
+        # the five mixers, each toward the bit from its own output, then the final one
         two = (params[1] & OFF_MIXER2) == 0
         for m in range(N_MIX if two else 1):
             if m == 4 and params[1] & (OFF_PIXEL if rec else OFF_WORDMIX):  # no 5th mixer
