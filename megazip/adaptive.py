@@ -145,9 +145,8 @@ N_SEL2 = (len(ORDERS) + 1) * 8 * 3 * 2 * 4
 N_SEL3 = 256 * 8  # the third mixer's weight sets (last byte, depth), after the second's in w2
 N_SEL4 = 256 * 8  # the fourth's: (byte t - 2, depth), after the third's
 N_MIX = 5
-N_SEL5 = (
-    4096 * 8
-)  # the fifth's: (pixel context or, in text lanes, word hash, depth), after the fourth's
+# the fifth's: (pixel context or, in a text lane, word hash; depth), after the fourth's
+N_SEL5 = 4096 * 8
 MATCH_INIT = 1 << 16  # mixers 3, 4 and 5: the initial weight of the match input
 INPUT_INIT = 1 << 13  # every mixer: the initial weight of the inputs after the prior (version
 # 10; 0 before: -0.1 % on texts, -1 % on files of a few KB, whose weights never settle) but
@@ -1368,13 +1367,10 @@ FLAT_COUNT = COUNT_TOTAL // 256
 
 def record_head(record: int) -> bytes:
     """The head of a model or stage stream: the record length 0..RECORD_LIMIT as an
-    unsigned LEB128 varint (1 to 3 bytes; version 9 wrote 4 bytes, a u32)."""
-    out = bytearray()
-    while record > 0x7F:
-        out.append(record & 0x7F | 0x80)
-        record >>= 7
-    out.append(record)
-    return bytes(out)
+    unsigned LEB128 varint, the container's (1 to 3 bytes; version 9 wrote a u32)."""
+    from .container import varint  # container imports this module only lazily
+
+    return varint(record)
 
 
 def read_record_head(stream: bytes) -> tuple[int, int]:
