@@ -5,7 +5,7 @@
 True
 """
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 
 def compress(data: bytes, model=None, **options) -> bytes:

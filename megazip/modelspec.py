@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 # the adaptive stage's format version (megazip/adaptive.py; here so that reading a header
 # needs no numba)
-ADAPTIVE_VERSION = 10
+ADAPTIVE_VERSION = 11
 
 # ---- the integer coding model's fixed constants (megazip/intmodel.py documents them)
 COUNT_BITS = 24
