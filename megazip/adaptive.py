@@ -25,7 +25,9 @@ rate 1 / (n + 1.5)):
   the same memory: -0.14 % on a 430 KB text); a lane without a record length adds the word
   bigram (the previous word with the current one) and a text column context (the byte at
   the same column of the previous line, with the last byte; none before a second line),
-  a lane with one order 0 and the byte above with its right neighbour (version 7: a
+  a lane with one order 0, the byte above with its right neighbour and an indirect
+  context (version 11: the last two bytes with the two that last followed them; tables
+  -0.5 to -1 %, kennedy.xls -0.5 %) (version 7: a
   context's bucket is looked up in 4 neighbouring places, and a new one replaces the one
   whose first counter has the fewest hits: -0.6 % on long texts and -4 % on kennedy.xls
   alone, where one place per bucket lost the contexts that mattered to those seen once);
@@ -121,10 +123,12 @@ ORDERS = (2, 3, 4, 5, 6, 8, 12)  # hashed byte contexts (order 1 is a direct tab
 # since version 10: -0.14 % on texts and code, -3 % on kennedy.xls, -1 % on a CSV table)
 # plus the word context, two record (or sparse) contexts; then, in a lane without a
 # record length, the word bigram and the text column (K_TEXT contexts in all), and in a
-# lane with one, order 0 and the byte above with its right neighbour and the last (K_REC)
-N_HASHED = len(ORDERS) + 5
-K_TEXT = N_HASHED
+# lane with one, order 0, the byte above with its right neighbour and the last, and
+# (version 11) the indirect context (K_REC)
+N_HASHED = len(ORDERS) + 6
+K_TEXT = N_HASHED - 1
 K_REC = N_HASHED
+H_INDIRECT = N_HASHED - 1  # records: the last two bytes with the two that last followed them
 H_WORD = len(ORDERS)
 H_BIGRAM = len(ORDERS) + 3
 H_COLUMN = H_BIGRAM + 1  # text: the byte above in the previous line, with the last (hash 0: none)
@@ -192,7 +196,7 @@ KNOT_SHIFT = 8  # an APM or counter-map knot: (probability, 20 bits) << 8 | coun
 KNOT_COUNT = (1 << KNOT_SHIFT) - 1
 LAZY_MASS = 4096  # nodes reached with less of the 2^24 mass (surprises) teach nothing
 MAX_BUCKET_BITS = 18  # per hashed context kind: at most about 2^18 buckets of 16 entries,
-KIND_BITS = (-2, -2, -1, 0, 0, 0, 0, 0, 0, 1, 1, 0)  # ... in a block without a record
+KIND_BITS = (-2, -2, -1, 0, 0, 0, 0, 0, 0, 1, 1, 0, -8)  # ... in a block without a record
 # length kind k 2^(bits + KIND_BITS[k]) (version 11: orders 2-4 need fewer, the word
 # trigram and bigram more, in the same memory: -0.14 % on a 430 KB text; records keep
 # 2^bits for every kind, their orders 2-4 matter more)
@@ -223,6 +227,7 @@ OFF_WORDMIX = 131072  # text lanes' 5th mixer, selected by the current word
 OFF_RASTER = 262144  # raster lanes' fast pixel counters (BITMAP_LIMIT instead)
 OFF_KINDS = 524288  # every hashed context kind 2^bits buckets (version 10's sizes)
 OFF_PMAP = 1 << 20  # the prior's map (its input 0)
+OFF_INDIRECT = 1 << 21  # record lanes' indirect context
 # counter maps: per hashed context kind, an APM-like map from (the counter's hit count,
 # bucketed, and its probability) to the probability such counters have shown; the mixer
 # sees the mean of the counter's and the map's stretch
@@ -437,6 +442,8 @@ class LaneModels:
         self.runs = np.zeros(1 << (bits + RUN_BITS_EXTRA), np.uint32)
         self.rconf = np.zeros((len(ORDERS), RUN_MAX + 1, 2), np.int64)
         self.rconf[:, :, 0] = 49152
+        # the indirect context: the two bytes that last followed each pair of bytes (records)
+        self.follow = np.zeros(65536, np.int64)
         if record:
             self.params[0] = record
             self.lane[:, L_RLEN] = record
@@ -472,6 +479,7 @@ class LaneModels:
             self.apm5,
             self.apm6,
             self.pmap,
+            self.follow,
         )
 
 
@@ -669,6 +677,7 @@ def _begin_one(counts, b, st):
         a5,
         a6,
         pmap,
+        follow,
     ) = st
     tr = tree[b]
     for i in range(256):
@@ -739,6 +748,8 @@ def _find_buckets(b, s, lane, pend, ctab, params):
         pend[b, P_BASE + H_WORD + 1] = pend[b, P_BASE + H_WORD + 2] = -1
     if params[1] & OFF_COLUMN and not rec:
         pend[b, P_BASE + H_COLUMN] = -1
+    if params[1] & OFF_INDIRECT and rec:
+        pend[b, P_BASE + H_INDIRECT] = -1
     pend[b, P_OC] = oc
 
 
@@ -777,6 +788,7 @@ def _node_one(n, b, st):
         a5,
         a6,
         pmap,
+        follow,
     ) = st
     off = params[1]
     d = DEPTH[n]
@@ -1049,6 +1061,7 @@ def _update_one(sym, b, st):
         a5,
         a6,
         pmap,
+        follow,
     ) = st
     cap = hist.shape[1]
     c1 = lane[b, L_C1]
@@ -1287,6 +1300,11 @@ def _update_one(sym, b, st):
     lane[b, L_HASH + len(ORDERS) + 1] = ra ^ ((ra >> 29) & 0x7FFFFFFFF)
     lane[b, L_HASH + len(ORDERS) + 2] = rb ^ ((rb >> 29) & 0x7FFFFFFFF)
     if rl > 0:
+        # indirect (version 11: tables -0.5 to -1 %, executables -0.4 % with a flat prior)
+        follow[c2] = ((follow[c2] << 8) | sym) & 0xFFFF
+        c2n = (c1 << 8) | sym
+        ih = ((c2n << 16) + follow[c2n] + 3) * 0x7A3C5E9B1D2F4861
+        lane[b, L_HASH + H_INDIRECT] = ih ^ ((ih >> 29) & 0x7FFFFFFFF)
         ur = np.int64(hist[b, nlen - rl + 1]) if nlen >= rl - 1 and rl > 1 else 256
         lane[b, L_U1] = up1 & 255
         eb = ((up1 << 20) + (ur << 10) + sym + 6) * 0x3E5B7C9D1F2A4B6D
