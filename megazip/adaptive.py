@@ -142,9 +142,9 @@ N_WIDE = 3  # wider bit-level 2-D contexts of a record lane, hashed into the bit
 COL_CAP = 1023  # columns beyond this share one context
 # mixer inputs: bias, prior, order 1, match, run, the prior through its map (version 11),
 # hashed contexts, then those of record lanes only: bitmap contexts, column predictions,
-# wide bitmap contexts. A lane without a record
-# length mixes the first N_IN_TEXT (its other inputs would be 0), a lane with one all N_IN
-# in mixers 1 and 5 and the first IN_WIDE in the others.
+# wide bitmap contexts. A lane without a record length mixes the first N_IN_TEXT (its
+# other inputs would be 0), a lane with one all N_IN in mixers 1 and 5 and the first
+# IN_WIDE in the others.
 IN_BIAS, IN_PRIOR, IN_O1, IN_MATCH, IN_RUN, IN_PMAP, IN_H0 = 0, 1, 2, 3, 4, 5, 6
 IN_BM = IN_H0 + N_HASHED
 IN_CP = IN_BM + N_BITMAP

@@ -58,7 +58,7 @@ def decode_side(dec, counts, symbols, active):
     B=st.integers(1, 5),
     alphabet=st.integers(2, 256),
     chunk=st.integers(1, 64),
-    record=st.sampled_from([0, 2, 7, 50]),
+    record=st.sampled_from([0, 2, 7, 50, 80]),
 )
 def test_decoder_side_tables_and_state_equal_the_encoders_after_every_byte(
     seed, T, B, alphabet, chunk, record
@@ -178,7 +178,7 @@ def structured_lane(kind, n, seed):
         st.sampled_from(["text", "records", "bitmap", "repeat"]), min_size=1, max_size=4
     ),
     T=st.integers(50, 700),
-    record=st.sampled_from([0, 8, 27]),
+    record=st.sampled_from([0, 8, 27, 64]),  # 64: a raster, where the lane is binary
     chunk=st.integers(1, 80),
 )
 def test_decoder_equals_encoder_after_every_byte_with_every_model_active(
