@@ -45,10 +45,11 @@ rate 1 / (n + 1.5)):
   per (order, run length) (version 7: -0.1 % on texts, -1.4 % on kennedy.xls alone);
 - with a record length r (fixed-width records, image rows): bit-level 2-D contexts for
   1-bit-per-pixel bitmaps (the pixels to the left, and above, in windows of one to three
-  rows; three neighbourhood sizes, direct or hashed counter tables; in a raster lane, a
+  rows; three neighbourhood sizes, direct or hashed counter tables; in a *raster* lane, a
   binary one with rows of RASTER_MIN bytes or more, the smallest one's counters learn at
-  a fixed fast rate, as pixel statistics drift along an image: version 11, 1-bit images
-  -1.5 to -2.5 %), and two column
+  a fixed fast rate, as pixel statistics drift along an image, and the mixers and APMs
+  below that a byte lane selects by bytes, nodes and depths go by pixel contexts alone:
+  version 11, 1-bit images -3.5 to -10 %), and two column
   predictions (the byte above; the byte above plus its difference to the one above it),
   each a counter by (column, whether it held for the previous byte, depth, predicted
   bit). The encoder chooses r for the whole block from all its bytes (choose_record) and
@@ -70,7 +71,12 @@ final mixer per node; then refined by adaptive probability maps (APM/SSE) select
 bit), by (node, previous byte), by a hash of (node, previous two bytes) and, with a
 record length, by (node, byte above) and by (pixel context, depth), without one by
 hashes of (node, previous three bytes) and (node, previous four bytes) (version 9: -0.1
-to -0.2 % on texts).
+to -0.2 % on texts). In a raster lane (version 11) the third and fourth mixers go by
+hashes of the second and third pixel contexts instead, the fifth and its APM by the
+pixel context alone (no depth), one final mixer serves every node, and the APMs of the
+previous byte, the byte above and the previous two bytes are keyed by hashes of pixel
+contexts (the first two wide ones, the second one): in an image the byte boundaries and
+a pixel's place in its byte mean nothing.
 The result, p(bit = 1) in 1/65536 (1..65535), codes the decision; only the 8 nodes of
 the byte's path are ever computed (version 5 computed all 255 to give the coder a table
 of 256 counts, most of them for bytes that did not come). A node reached with less than
@@ -182,9 +188,10 @@ LR_FLOOR = 16  # ... down to 1 / LR_FLOOR
 COUNTER_LIMIT = 255  # adaptive counters: rate 1 / (n + 1.5), n capped here
 FORGET_COUNT = 4  # a record lane's hashed counter that was confidently wrong restarts here
 BITMAP_LIMIT = 255  # ... in the bitmap contexts, but
-RASTER_LIMIT = 3  # ... the small pixel context's in a raster lane (version 11: 1-bit images
-RASTER_MIN = 64  # -1.5 to -2.5 %): a binary lane (text score below TEXT_BINARY) with
-# records of at least RASTER_MIN bytes, where pixel statistics drift along the image
+RASTER_LIMIT = 3  # ... the small pixel context's in a raster lane (version 11), a binary
+RASTER_MIN = 64  # lane (text score below TEXT_BINARY) with records of at least RASTER_MIN
+# bytes, where pixel statistics drift along the image; there mixers 3, 4 and 5, the final
+# mixer and the APMs a2..a5 are selected by pixel contexts alone (1-bit images -3.5 to -10 %)
 APM_SHIFT = 8
 APM_STEP = 1 << APM_SHIFT
 APM_KNOTS = 2 * 3072 // APM_STEP + 1  # 25 knots over the stretch range
@@ -224,7 +231,7 @@ OFF_SPARSE = 16384  # binary record lanes' sparse context (the word context inst
 OFF_INIT = 32768  # mixer weights start as in version 9 (prior 1, the others 0)
 OFF_WIDE = 65536  # record lanes' wide bitmap contexts
 OFF_WORDMIX = 131072  # text lanes' 5th mixer, selected by the current word
-OFF_RASTER = 262144  # raster lanes' fast pixel counters (BITMAP_LIMIT instead)
+OFF_RASTER = 262144  # raster lanes (as other record lanes: BITMAP_LIMIT, byte selectors)
 OFF_KINDS = 524288  # every hashed context kind 2^bits buckets (version 10's sizes)
 OFF_PMAP = 1 << 20  # the prior's map (its input 0)
 OFF_INDIRECT = 1 << 21  # record lanes' indirect context
@@ -516,6 +523,27 @@ def _knot_of(sx):
 def _apm_idx(pm):
     """(knot, weight of the next knot in 1/APM_STEP) of a probability."""
     return _knot_of(_st(pm))
+
+
+@_jit
+def _row16(h, salt):
+    """A 16-bit APM row of a raster lane from the pixel context h (version 11)."""
+    return ((h + salt) * 0x9E3779B97F4A7C15 >> 40) & 0xFFFF
+
+
+@_jit
+def _set11(h, salt):
+    """An 11-bit mixer weight set of a raster lane from the pixel context h (version 11)."""
+    return ((h + salt) * 0x9E3779B97F4A7C15 >> 53) & 2047
+
+
+@_jit
+def _is_raster(lane, b, off):
+    """Whether lane b is a raster (version 11): records of at least RASTER_MIN bytes and
+    mostly binary recent bytes (text score below TEXT_BINARY), unless OFF_RASTER."""
+    return (
+        lane[b, L_RLEN] >= RASTER_MIN and lane[b, L_TEXT] < TEXT_BINARY and (off & OFF_RASTER) == 0
+    )
 
 
 @_jit
@@ -828,8 +856,11 @@ def _node_one(n, b, st):
     # the 5th mixer's selector (12 bits): in a record lane the node's pixel context (it also
     # keys an APM), in a text lane a hash of the current word and the last byte (version 10)
     pix = -1
+    ca = cb = cc = cd = ce = cf = 0
+    ras = rec > 0 and _is_raster(lane, b, off)
     if rec:
         ca, cb, cc = _bitmap_ctx(n, c1, lane[b, L_W1], lane[b, L_W2], lane[b, L_W3])
+        cd, ce, cf = _bitmap_wide(n, c1, lane[b, L_W1], lane[b, L_W2], lane[b, L_W3])
         pix = ca if (off & OFF_PIXEL) == 0 else -1
     elif (off & OFF_WORDMIX) == 0:
         pix = ((lane[b, L_WORD] + c1 * 0x1000193) * 0x9E3779B97F4A7C15 >> 52) & 4095
@@ -846,7 +877,6 @@ def _node_one(n, b, st):
         x[IN_BM + 2] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
         x[IN_WIDE] = x[IN_WIDE + 1] = x[IN_WIDE + 2] = 0
         if (off & OFF_WIDE) == 0:
-            cd, ce, cf = _bitmap_wide(n, c1, lane[b, L_W1], lane[b, L_W2], lane[b, L_W3])
             v = np.int64(bm[BM_OFF[2] + (cd & bmask)])
             x[IN_WIDE] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
             v = np.int64(bm[BM_OFF[2] + (ce & bmask)])
@@ -876,14 +906,17 @@ def _node_one(n, b, st):
     wsel[b, 0, d] = sel
     wsel[b, 1, d] = sel2
     sel3 = N_SEL2 + c1 * 8 + d
-    wsel[b, 2, d] = sel3
     tt = lane[b, L_LEN]
     c2b = np.int64(hist[b, tt - 2]) if tt >= 2 else 0
     sel4 = N_SEL2 + N_SEL3 + c2b * 8 + d
+    if ras:  # a raster: mixers 3 and 4 by pixel contexts, not by bytes and depth
+        sel3 = N_SEL2 + _set11(cb, 1)
+        sel4 = N_SEL2 + N_SEL3 + _set11(cc, 7)
+    wsel[b, 2, d] = sel3
     wsel[b, 3, d] = sel4
     ws4 = w2[sel4]
     dot4 = np.int64(0)
-    sel5 = N_SEL2 + N_SEL3 + N_SEL4 + pix * 8 + d
+    sel5 = N_SEL2 + N_SEL3 + N_SEL4 + pix * 8 + (0 if ras else d)
     wsel[b, 4, d] = sel5
     ws = w[sel]
     ws2 = w2[sel2]
@@ -916,7 +949,7 @@ def _node_one(n, b, st):
             dot5 += ws5[i] * np.int64(x[i])
         p5 = _sq(dot5 >> MIX_SHIFT)
     psub[b, 4, d] = p5
-    wn = wf[n]
+    wn = wf[0 if ras else n]  # a raster's pixels share one final mixer (row 0, no node)
     dotf = wn[0] * STRETCH[p1] + wn[1] * STRETCH[p2] + wn[2] * STRETCH[p3] + wn[3] * STRETCH[p4]
     pm = _sq((dotf + wn[4] * STRETCH[p5]) >> MIX_SHIFT)
     if off & OFF_MIXER2:
@@ -928,17 +961,17 @@ def _node_one(n, b, st):
     g1 = APM_STEP - f1
     r = n * N_MROW + _mrow(e, lane[b, L_MLEN], n, d, lane[b, L_MISS])
     q1 = ((a1[r, k1] >> KNOT_SHIFT) * g1 + (a1[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (APM_SHIFT + 4)
-    r = r0 + n
+    r = _row16(cd, 11) if ras else r0 + n
     q2 = ((a2[r, k1] >> KNOT_SHIFT) * g1 + (a2[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (APM_SHIFT + 4)
     q3 = 0
     if rec:
-        r = (lane[b, L_U1] << 8) + n
+        r = _row16(cb, 1) if ras else (lane[b, L_U1] << 8) + n
         q3 = ((a3[r, k1] >> KNOT_SHIFT) * g1 + (a3[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (
             APM_SHIFT + 4
         )
     tt = lane[b, L_LEN]
     c2 = (np.int64(hist[b, tt - 2]) if tt >= 2 else 0) * 256 + c1
-    r = _apm4_row(c2, n)
+    r = _row16(ce, 13) if ras else _apm4_row(c2, n)
     q4 = ((a4[r, k1] >> KNOT_SHIFT) * g1 + (a4[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (APM_SHIFT + 4)
     q6 = q7 = 0
     apm34 = not rec and (off & OFF_APM34) == 0
@@ -954,7 +987,7 @@ def _node_one(n, b, st):
         )
     q5 = 0
     if rec and pix >= 0:
-        r = pix * 8 + d
+        r = pix * 8 + (0 if ras else d)
         q5 = ((a5[r, k1] >> KNOT_SHIFT) * g1 + (a5[r, k1 + 1] >> KNOT_SHIFT) * f1) >> (
             APM_SHIFT + 4
         )
@@ -1071,8 +1104,8 @@ def _update_one(sym, b, st):
     # hashed contexts: the high-nibble bucket and the actual low-nibble bucket
     nk = K_REC if lane[b, L_RLEN] > 0 else K_TEXT
     forget = lane[b, L_RLEN] > 0 and (params[1] & OFF_FORGET) == 0  # after a surprise
-    raster = lane[b, L_RLEN] >= RASTER_MIN and lane[b, L_TEXT] < TEXT_BINARY
-    plim = RASTER_LIMIT if raster and (params[1] & OFF_RASTER) == 0 else BITMAP_LIMIT
+    ras = lane[b, L_RLEN] > 0 and _is_raster(lane, b, params[1])
+    plim = RASTER_LIMIT if ras else BITMAP_LIMIT  # the pixel context's counters
     for k in range(nk):
         h = lane[b, L_HASH + k]
         if h == 0 and k == H_COLUMN:  # no column context (no line above yet)
@@ -1142,17 +1175,18 @@ def _update_one(sym, b, st):
         # order 1
         i1 = c1 * 256 + n
         o1[i1] = _learn(np.int64(o1[i1]), y, COUNTER_LIMIT)
-        pix = 0
+        pix = cb = cd = ce = 0
         if rec:
             ca, cb, cc = _bitmap_ctx(n, c1, bw1, bw2, bw3)
+            cd, ce, cf = _bitmap_wide(n, c1, bw1, bw2, bw3)
             pix = ca
             bm[ca] = _learn(np.int64(bm[ca]), y, plim)
-            cb += BM_OFF[1]
-            bm[cb] = _learn(np.int64(bm[cb]), y, BITMAP_LIMIT)
-            cc = BM_OFF[2] + (cc & bmask)
-            bm[cc] = _learn(np.int64(bm[cc]), y, BITMAP_LIMIT)
+            i = BM_OFF[1] + cb
+            bm[i] = _learn(np.int64(bm[i]), y, BITMAP_LIMIT)
+            i = BM_OFF[2] + (cc & bmask)
+            bm[i] = _learn(np.int64(bm[i]), y, BITMAP_LIMIT)
             if (params[1] & OFF_WIDE) == 0:
-                for cw in _bitmap_wide(n, c1, bw1, bw2, bw3):
+                for cw in (cd, ce, cf):
                     cw = BM_OFF[2] + (cw & bmask)
                     bm[cw] = _learn(np.int64(bm[cw]), y, BITMAP_LIMIT)
             i0 = cb0 + d * 3 + _pred_state(ce0, n, d)
@@ -1188,7 +1222,7 @@ def _update_one(sym, b, st):
             ws[N_IN] = min(cnt + 1, LR_STEPS)
             for i in range(ni if m == 0 or m == 4 else nm):
                 ws[i] += (np.int64(inputs[b, d, i]) * err) >> LR_SHIFT
-        wn = wf[n]
+        wn = wf[0 if ras else n]
         err = (y << 16) - pm
         cnt = wn[N_MIX]
         err = (err * LR_DECAY[cnt]) >> 16
@@ -1201,15 +1235,15 @@ def _update_one(sym, b, st):
         k1 += 1 if 2 * f1 >= APM_STEP else 0  # the nearer knot
         r = n * N_MROW + _mrow(e, mlen, n, d, lane[b, L_MISS])
         a1[r, k1] = _learn_apm(a1[r, k1], y)
-        r = n + (c1 << 8)
+        r = _row16(cd, 11) if ras else n + (c1 << 8)
         a2[r, k1] = _learn_apm(a2[r, k1], y)
         kp, fp = _knot_of(np.int64(inputs[b, d, IN_PRIOR]))
         kp += 1 if 2 * fp >= APM_STEP else 0
         pmap[n, kp] = _learn_apm(pmap[n, kp], y)
         if rec:
-            r = n + (lane[b, L_U1] << 8)
+            r = _row16(cb, 1) if ras else n + (lane[b, L_U1] << 8)
             a3[r, k1] = _learn_apm(a3[r, k1], y)
-        r = _apm4_row(c2, n)
+        r = _row16(ce, 13) if ras else _apm4_row(c2, n)
         a4[r, k1] = _learn_apm(a4[r, k1], y)
         if not rec and (params[1] & OFF_APM34) == 0:
             r = _apm4_row(c3, n)
@@ -1217,7 +1251,7 @@ def _update_one(sym, b, st):
             r = _apm4_row(c4, n) + APM4_ROWS
             a6[r, k1] = _learn_apm(a6[r, k1], y)
         if rec and (params[1] & OFF_PIXEL) == 0:
-            r = pix * 8 + d
+            r = pix * 8 + (0 if ras else d)
             a5[r, k1] = _learn_apm(a5[r, k1], y)
     # history, match pointer, context hashes
     t = lane[b, L_LEN]
