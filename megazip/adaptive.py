@@ -11,8 +11,9 @@ rate 1 / (n + 1.5)):
 
 - the prior: the node's share of the prior's 256 counts (the prior is exact in this
   decomposition: without other inputs the stage reproduces it), and the same through the
-  prior's map (an APM per node, learning what the prior's probabilities are worth in
-  this block: version 11, -0.04 to -0.1 % on texts and code);
+  prior's map (an APM per node, in a lane without a record length averaged with one per
+  (last byte, node), learning what the prior's probabilities are worth in this block:
+  version 11, -0.04 to -0.1 % on texts and code);
 - order-1 counters (a direct table) and hashed contexts of orders 2, 3, 4, 5, 6, 8, 12, a word
   context (the letters since the last non-letter, case folded; in a record lane whose
   recent bytes are mostly not text, a sparse context of the 3 bytes before the last
@@ -430,7 +431,8 @@ class LaneModels:
         knots = _knots(APM_INIT)
         self.apm1 = np.tile(knots, (256 * N_MROW, 1))
         self.apm2 = np.tile(knots, (256 * 256, 1))
-        self.pmap = np.tile(knots, (256, 1))  # the prior's map: an APM per node
+        # the prior's maps: an APM per node, then (text lanes) per (last byte, node)
+        self.pmap = np.tile(knots, (256 + 256 * 256, 1))
         self.apm3 = np.tile(knots, (256 * 256 if record else 0, 1))  # record lanes only
         self.apm4 = np.tile(knots, (1 << APM4_BITS, 1))
         self.apm5 = np.tile(knots, (N_SEL5 if record else 0, 1))  # record lanes only
@@ -839,12 +841,19 @@ def _node_one(n, b, st):
     v = np.int64(o1[r0 + n])
     x[IN_O1] = STRETCH[v >> 16] if (v & 0xFFFF) else 0
     # the prior through the node's map, which learns what the prior's probabilities are
-    # worth in this block (version 11: -0.04 to -0.1 % on texts and code, -0.3 % on sum)
+    # worth in this block (version 11: -0.04 to -0.1 % on texts and code, -0.3 % on sum),
+    # in a text lane the mean with the map of (last byte, node)
     kp, fp = _knot_of(x[IN_PRIOR])
-    x[IN_PMAP] = _st(
-        ((pmap[n, kp] >> KNOT_SHIFT) * (APM_STEP - fp) + (pmap[n, kp + 1] >> KNOT_SHIFT) * fp)
-        >> (APM_SHIFT + 4)
+    q = ((pmap[n, kp] >> KNOT_SHIFT) * (APM_STEP - fp) + (pmap[n, kp + 1] >> KNOT_SHIFT) * fp) >> (
+        APM_SHIFT + 4
     )
+    x[IN_PMAP] = _st(q)
+    if not rec:
+        r = 256 + r0 + n
+        q = (
+            (pmap[r, kp] >> KNOT_SHIFT) * (APM_STEP - fp) + (pmap[r, kp + 1] >> KNOT_SHIFT) * fp
+        ) >> (APM_SHIFT + 4)
+        x[IN_PMAP] = (x[IN_PMAP] + _st(q)) >> 1
     if off & OFF_PMAP:
         x[IN_PMAP] = 0
     for k in range(nk):
@@ -1240,6 +1249,9 @@ def _update_one(sym, b, st):
         kp, fp = _knot_of(np.int64(inputs[b, d, IN_PRIOR]))
         kp += 1 if 2 * fp >= APM_STEP else 0
         pmap[n, kp] = _learn_apm(pmap[n, kp], y)
+        if not rec:
+            r = 256 + (c1 << 8) + n
+            pmap[r, kp] = _learn_apm(pmap[r, kp], y)
         if rec:
             r = _row16(cb, 1) if ras else n + (lane[b, L_U1] << 8)
             a3[r, k1] = _learn_apm(a3[r, k1], y)

@@ -271,9 +271,10 @@ def test_indirect_context_gains_where_successors_take_turns():
 
 
 def test_prior_map_gains_where_the_prior_is_miscalibrated():
-    """The prior through a per-node APM, an input of its own (version 11: 1 % here, where
-    the prior claims only the square root of each byte's probability; -0.04 to -0.1 % on
-    texts and code, -0.3 % on sum with a flat prior)."""
+    """The prior through a per-node APM (in a text lane averaged with one per last byte and
+    node), an input of its own (version 11: 1 % here, where the prior claims only the
+    square root of each byte's probability; -0.04 to -0.1 % on texts and code, -0.3 % on
+    sum with a flat prior)."""
     rng = np.random.default_rng(4)
     w = rng.exponential(size=(6000, 256)) ** 3
     q = w / w.sum(-1, keepdims=True)
