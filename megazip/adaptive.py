@@ -292,6 +292,11 @@ if table_digest(SQUASH, STRETCH) != TABLE_DIGEST:  # this machine's float exp: r
     STRETCH = stretch_of(SQUASH)
     if table_digest(SQUASH, STRETCH) != TABLE_DIGEST:
         raise RuntimeError("megazip.adaptive: lookup tables differ from the reference")
+# kept in the narrowest types that hold them (the values are the same): the kernels look
+# STRETCH up at random, and 128 KB of int16 stay in a core's cache where 512 KB of int64
+# did not, between the model's steps (the decoder's stage: -13 % time)
+SQUASH = SQUASH.astype(np.int32)
+STRETCH = STRETCH.astype(np.int16)
 # mixer learning rates by a weight set's update count; counter learning rates: 65536 / (n + 1.5)
 LR_STEPS = LR_HALF * (LR_FLOOR - 1)
 LR_DECAY = np.array(
@@ -314,6 +319,27 @@ MLEN_BUCKET = np.zeros(MAX_LEN + 1, np.int64)
 for _i, _lo in enumerate((0, 12, 16, 24, 32)):
     MLEN_BUCKET[_lo:] = _i
 N_MROW = 21  # the first APM's rows per node: no match; (bucket, bit) x (recovered or not)
+
+
+def _prefetch_codegen(context, builder, signature, args):
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    i32 = ir.IntType(32)
+    arr = context.make_array(signature.args[0])(context, builder, args[0])
+    ptr = builder.bitcast(builder.gep(arr.data, [args[1]]), ir.IntType(8).as_pointer())
+    fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+    return context.get_dummy_value()
+
+
+@nb.extending.intrinsic
+def _prefetch(typingctx, arr, i):
+    """A hint that element i of the C-contiguous array arr (counted from its first, over
+    all dimensions) will be read soon: fetches its cache line, changes no value."""
+    return nb.types.void(arr, nb.types.int64), _prefetch_codegen
+
 
 # classes of the last byte for the second mixer: letters, white space, digits and ASCII
 # punctuation, others
@@ -781,6 +807,142 @@ def _find_buckets(b, s, lane, pend, ctab, params):
     if params[1] & OFF_INDIRECT and rec:
         pend[b, P_BASE + H_INDIRECT] = -1
     pend[b, P_OC] = oc
+
+
+# ---- prefetching: hints only, no value depends on them ---------------------------------
+# A byte's nodes read rows of tables far larger than the caches (the hashed contexts'
+# buckets, APMs and mixer weight sets keyed by bytes and hashes), and one lane's reads
+# depend on each other. The loops over lanes therefore first ask for the cache lines
+# every lane's next step will read (_prefetch_begin, _prefetch_node), so that their
+# misses overlap, then compute.
+
+
+@_inline
+def _prefetch_row(a, r, width):
+    """The cache lines of row r of a table with `width` entries a row."""
+    i = r * width
+    for j in range(0, width, 64 // a.itemsize):
+        _prefetch(a, i + j)
+    _prefetch(a, i + width - 1)
+
+
+@_inline
+def _prefetch_buckets(b, s, lane, ctab, params):
+    """The WAYS places of sub-bucket s of each hashed context of lane b."""
+    nk = K_REC if lane[b, L_RLEN] > 0 else K_TEXT
+    for k in range(nk):
+        base, _ = _bucket(lane[b, L_HASH + k], s, params[P_KMASK + k])
+        base += params[P_KSTART + k]
+        for way in range(WAYS):
+            _prefetch(ctab, base ^ (16 * way))
+
+
+@_inline
+def _prefetch_begin(b, st):
+    """What _begin_one of lane b reads from the shared tables: the run model's slots and
+    the high-nibble buckets."""
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+        runs,
+        rconf,
+        a5,
+        a6,
+        pmap,
+        follow,
+    ) = st
+    rmask = runs.shape[0] - 1
+    for k in range(len(ORDERS)):
+        _prefetch(runs, (lane[b, L_HASH + k] >> 24) & rmask)
+    _prefetch_buckets(b, 0, lane, ctab, params)
+
+
+@_inline
+def _prefetch_node(n, b, st):
+    """What _node_one(n, b, st) of a lane that is not a raster reads from the tables keyed
+    by bytes and hashes (at depth 4 the low nibble's buckets; the rows of the mixers 3-5
+    and of the APMs)."""
+    (
+        hist,
+        lane,
+        pend,
+        tree,
+        inputs,
+        pmix,
+        wsel,
+        psub,
+        smi,
+        o1,
+        ctab,
+        bm,
+        cpt,
+        match,
+        mconf,
+        smap,
+        w,
+        w2,
+        wf,
+        a1,
+        a2,
+        a3,
+        a4,
+        params,
+        runs,
+        rconf,
+        a5,
+        a6,
+        pmap,
+        follow,
+    ) = st
+    off = params[1]
+    if _is_raster(lane, b, off):
+        return
+    d = DEPTH[n]
+    if d == 4:
+        _prefetch_buckets(b, NODE_BUCKET[n], lane, ctab, params)
+    c1 = lane[b, L_C1]
+    tt = lane[b, L_LEN]
+    h2 = np.int64(hist[b, tt - 2]) if tt >= 2 else 0
+    c2 = h2 * 256 + c1
+    _prefetch(o1, (c1 << 8) + n)
+    wd = w2.shape[1]
+    _prefetch_row(w2, N_SEL2 + c1 * 8 + d, wd)
+    _prefetch_row(w2, N_SEL2 + N_SEL3 + h2 * 8 + d, wd)
+    _prefetch_row(a2, (c1 << 8) + n, APM_KNOTS)
+    _prefetch_row(a4, _apm4_row(c2, n), APM_KNOTS)
+    _prefetch_row(pmap, n, APM_KNOTS)
+    if lane[b, L_RLEN] > 0:
+        _prefetch_row(a3, (lane[b, L_U1] << 8) + n, APM_KNOTS)
+        return
+    _prefetch_row(pmap, 256 + (c1 << 8) + n, APM_KNOTS)
+    pix = ((lane[b, L_WORD] + c1 * 0x1000193) * 0x9E3779B97F4A7C15 >> 52) & 4095
+    _prefetch_row(w2, N_SEL2 + N_SEL3 + N_SEL4 + pix * 8 + d, wd)
+    c3 = (np.int64(hist[b, tt - 3]) if tt >= 3 else 0) << 16 | c2
+    _prefetch_row(a6, _apm4_row(c3, n), APM_KNOTS)
+    c4 = (np.int64(hist[b, tt - 4]) if tt >= 4 else 0) << 24 | c3
+    _prefetch_row(a6, _apm4_row(c4, n) + APM4_ROWS, APM_KNOTS)
 
 
 @_inline
@@ -1388,6 +1550,9 @@ def _window(hist, b, i, t):
 def _begin_lanes(counts, active, lo, st):
     for i in range(counts.shape[0]):
         if active[i]:
+            _prefetch_begin(lo + i, st)
+    for i in range(counts.shape[0]):
+        if active[i]:
             _begin_one(counts[i], lo + i, st)
 
 
@@ -1415,6 +1580,11 @@ def _update_step(symbols, active, st):
 def _encode_chunk(counts, symbols, active, out, st):
     B, C = symbols.shape
     for c in range(C):  # lockstep: predict every lane at c, then learn in lane order
+        for b in range(B):
+            if active[b, c]:
+                _prefetch_begin(b, st)
+                for d in range(8):
+                    _prefetch_node((256 + symbols[b, c]) >> (8 - d), b, st)
         for b in range(B):
             if active[b, c]:
                 _begin_one(counts[b, c], b, st)
@@ -1632,6 +1802,9 @@ def _decode_paths(active, coder, stream, symbols, st):
     B = active.shape[0]
     nodes = np.ones(B, np.int64)
     for _d in range(8):
+        for b in range(B):
+            if active[b]:
+                _prefetch_node(nodes[b], b, st)
         for b in range(B):
             if active[b]:
                 p = _node_one(nodes[b], b, st)
