@@ -111,11 +111,8 @@ docs/FORMAT.md describes it.
 
 from __future__ import annotations
 
-import ctypes
 import decimal
 import hashlib
-import sys
-import threading
 
 import numba as nb
 import numpy as np
@@ -404,47 +401,6 @@ def _knots(count: int) -> np.ndarray:
     return ((p20 << KNOT_SHIFT) + count).astype(np.uint32)
 
 
-MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault pages in as writes would, changing no byte
-
-
-def _libc_madvise():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        f = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    f.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    f.restype = ctypes.c_int
-    return f
-
-
-_MADVISE = _libc_madvise()
-
-
-def populate_async(*arrays: np.ndarray) -> None:
-    """Fault in the memory of these freshly allocated arrays on a background thread.
-
-    The kernel hands a process zeroed pages on their first touch, and for the stage's
-    hashed tables (up to ~200 MB, touched at random) that zeroing took ~0.9 s of the
-    coding thread on a 2-core machine, one fault at a time. MADV_POPULATE_WRITE does it
-    ahead, on whichever core is idle (the coding threads wait on each other half the
-    time), without changing a byte: safe while other threads read and write the arrays.
-    Where the call is missing (not Linux, or a kernel before 5.14) this does nothing."""
-    if _MADVISE is None:
-        return
-
-    def run(arrays=arrays) -> None:
-        for a in arrays:
-            start = a.ctypes.data
-            lo = -(-start // 4096) * 4096
-            hi = (start + a.nbytes) // 4096 * 4096
-            if hi > lo and _MADVISE(lo, hi - lo, MADV_POPULATE_WRITE) != 0:
-                return  # not supported here: the first touches will fault as usual
-
-    threading.Thread(target=run, daemon=True).start()
-
-
 class LaneModels:
     """Adaptive state of one block of B lanes of up to `capacity` bytes each, given the
     block's signalled record length `record` (0: none): per-lane histories and a model
@@ -519,7 +475,6 @@ class LaneModels:
         # the run model: per order's context hash a slot of (check 16 bits, run count 8,
         # last byte 8); its confidence per (order, run count up to 15): p(right), count
         self.runs = np.zeros(1 << (bits + RUN_BITS_EXTRA), np.uint32)
-        populate_async(self.ctab, self.runs)
         self.rconf = np.zeros((len(ORDERS), RUN_MAX + 1, 2), np.int64)
         self.rconf[:, :, 0] = 49152
         # the indirect context: the two bytes that last followed each pair of bytes (records)
