@@ -111,8 +111,10 @@ docs/FORMAT.md describes it.
 
 from __future__ import annotations
 
+import ctypes
 import decimal
 import hashlib
+import sys
 
 import numba as nb
 import numpy as np
@@ -401,6 +403,42 @@ def _knots(count: int) -> np.ndarray:
     return ((p20 << KNOT_SHIFT) + count).astype(np.uint32)
 
 
+MADV_NOHUGEPAGE = 15  # Linux (asm-generic/mman-common.h): no transparent huge pages here
+
+
+def _libc_madvise():
+    """libc's madvise(addr, length, advice) -> int, or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        f = ctypes.CDLL(None).madvise
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    f.restype = ctypes.c_int
+    return f
+
+
+_MADVISE = _libc_madvise()
+
+
+def small_pages(a: np.ndarray) -> None:
+    """Ask the kernel to back the untouched array `a` with small (4 KB) pages.
+
+    numpy asks for transparent huge pages for large arrays. The hashed tables (up to
+    ~200 MB) are touched at random from a block's first bytes, so all their 2 MB pages
+    are faulted in at once, each zeroed whole and, on a machine whose memory is
+    fragmented, first compacted: alice29.txt and lcet10.txt decoded with 0.4-0.6 s of
+    system time this way against 0.9-1.4 s, in the same user time, and 0.1-1.2 s sooner
+    (2-core machine, alternating runs). A hint: values are the same either way, and
+    where the call is missing nothing changes."""
+    if _MADVISE is None or a.nbytes < 1 << 22:
+        return
+    lo = -(-a.ctypes.data // 4096) * 4096
+    hi = (a.ctypes.data + a.nbytes) // 4096 * 4096
+    _MADVISE(lo, hi - lo, MADV_NOHUGEPAGE)
+
+
 class LaneModels:
     """Adaptive state of one block of B lanes of up to `capacity` bytes each, given the
     block's signalled record length `record` (0: none): per-lane histories and a model
@@ -432,6 +470,7 @@ class LaneModels:
         kb = [bits if uniform else max(MIN_BUCKET_BITS, bits + e) for e in KIND_BITS]
         starts = np.cumsum([0] + [16 << v for v in kb])
         self.ctab = np.zeros(int(starts[-1]), np.uint32)
+        small_pages(self.ctab)
         bmb = min(BITMAP_BITS, max(MIN_BUCKET_BITS, total.bit_length() + 3))
         # record lanes only (text lanes read no bitmap context: 13-21 MB less memory)
         self.bitmap = np.full(BM_OFF[2] + (1 << bmb) if record else 0, 32768 << 16, np.uint32)
