@@ -428,9 +428,9 @@ def small_pages(a: np.ndarray) -> None:
     numpy asks for transparent huge pages for large arrays. The hashed tables (up to
     ~200 MB) are touched at random from a block's first bytes, so all their 2 MB pages
     are faulted in at once, each zeroed whole and, on a machine whose memory is
-    fragmented, first compacted: alice29.txt and lcet10.txt decoded with 0.4-0.6 s of
-    system time this way against 0.9-1.4 s, in the same user time, and 0.1-1.2 s sooner
-    (2-core machine, alternating runs). A hint: values are the same either way, and
+    fragmented, first compacted. With small pages lcet10.txt decoded with 0.5-0.6 s of
+    system time against 1.0-1.4 s, in the same user time, and sooner in 5 of 6
+    alternating runs (2-core machine). A hint: values are the same either way, and
     where the call is missing nothing changes."""
     if _MADVISE is None or a.nbytes < 1 << 22:
         return
