@@ -58,6 +58,14 @@ def child(path: str, root: str) -> dict:
     return spent
 
 
+def checkout_name(root: str) -> str:
+    """A checkout by its commit (git rev-parse --short HEAD), not by its path."""
+    done = subprocess.run(
+        ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return f"commit {done.stdout.strip()}" if done.returncode == 0 else Path(root).name
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("path", help="a model-coded .mgz file")
@@ -70,6 +78,8 @@ def main(argv=None) -> dict:
         print(json.dumps(child(a.path, a.child)))
         return {}
     roots = [str(ROOT), *(str(Path(d).resolve()) for d in a.against)]
+    names = {r: checkout_name(r) for r in roots}
+    names[str(ROOT)] = "this checkout, " + names[str(ROOT)]
     runs: dict[str, list[dict]] = {r: [] for r in roots}
     for _ in range(a.repeat):
         for r in roots:  # alternating: each version in turn
@@ -85,14 +95,14 @@ def main(argv=None) -> dict:
     for r, rs in runs.items():
         med = {k: statistics.median(x[k] for x in rs) for k in (*PARTS, "total")}
         stage = statistics.median(sum(x[k] for k in PARTS) for x in rs)
-        name = "this checkout" if r == str(ROOT) else r
         lines.append(
-            f"| {name} | {med['begin']:.2f} | {med['decode']:.2f} | {med['update']:.2f} | "
+            f"| {names[r]} | {med['begin']:.2f} | {med['decode']:.2f} | {med['update']:.2f} | "
             f"{stage:.2f} | {med['total']:.2f} | {len(rs)} |"
         )
     table = "\n".join(lines)
     print(table)
-    doc = {"machine": machine, "input": Path(a.path).name, "runs": runs}
+    named = {names[r]: rs for r, rs in runs.items()}
+    doc = {"machine": machine, "input": Path(a.path).name, "runs": named}
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +110,7 @@ def main(argv=None) -> dict:
         (out / "stage_kernels.md").write_text(
             "# The stage's share of a decode, one thread\n\n"
             f"`python bench/stage_kernels.py {Path(a.path).name}"
-            f"{' --against ' + ' '.join(a.against) if a.against else ''}`: seconds, medians "
+            f"{' --against DIR' * len(a.against)}`: seconds, medians "
             f"of {a.repeat} runs, each in a fresh process, checkouts alternating. Machine: "
             f"{markdown(machine)}.\n\n{table}\n"
         )
